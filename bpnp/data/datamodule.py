@@ -1,0 +1,172 @@
+"""The Lightning data module: one configurable entry point to every source and to prepared caches."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from bpnp.data.bpnpnet_archive import BPnPNetArchiveDataset
+from bpnp.data.cache import CachedDataset
+from bpnp.data.colmap import ColmapDataset, find_models
+from bpnp.data.modelnet import ModelNet40Dataset
+from bpnp.data.rgbd import RGBDDataset
+from bpnp.data.sample import Batch, Sample, collate
+from bpnp.data.synthetic import SyntheticDataset
+
+SOURCES = ("synthetic", "modelnet40", "colmap", "rgbd", "bpnpnet_archive")
+POINT_CONTROL = ("m_max", "n_max", "outlier_rate_2d", "outlier_rate_3d")
+
+
+def build_dataset(
+    source: str, split: str, root: str | Path | None = None, seed: int = 0, **options: Any
+) -> Dataset[Sample]:
+    """The dataset of one source and split (``"train"``, ``"val"`` or ``"test"``).
+
+    ``options`` are keyword arguments of the source's class (for ``synthetic``, ``num_samples`` among
+    them). A COLMAP ``root`` holding several models (MegaDepth's scenes) gives their concatenation.
+
+    Raises:
+        ValueError: for an unknown source, or a missing ``root`` where the source needs one.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}: expected one of {SOURCES}")
+    if source == "synthetic":
+        return SyntheticDataset(split=split, seed=seed, **options)
+    if root is None:
+        raise ValueError(f"data source {source!r} needs a root folder")
+    if source == "modelnet40":
+        return ModelNet40Dataset(root, split=split, seed=seed, **options)
+    if source == "rgbd":
+        return RGBDDataset(root, split=split, seed=seed, **options)
+    if source == "bpnpnet_archive":
+        return BPnPNetArchiveDataset(root, split=split, seed=seed, **options)
+    models = find_models(root)
+    parts = [
+        ColmapDataset(
+            d, split=split, seed=seed, scene=str(d.relative_to(root)) if d != Path(root) else None, **options
+        )
+        for d in models
+    ]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed the global generators of a loader worker from its torch seed and keep it single-threaded.
+
+    The datasets draw only from per-item generators, so samples do not depend on the number of
+    workers; this covers any third-party code that uses the global ones, and stops workers from
+    oversubscribing the CPU with intra-op threads.
+    """
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)  # noqa: NPY002 (the legacy global state is what third-party code draws from)
+    random.seed(s)
+    torch.set_num_threads(1)
+
+
+class BlindPnPDataModule(pl.LightningDataModule):
+    """Train / val / test loaders of one source, or of a cache written by ``scripts/prepare_data.py``.
+
+    Args:
+        source: ``synthetic`` (default, no download), ``modelnet40``, ``colmap``, ``rgbd`` or
+            ``bpnpnet_archive``.
+        root: the source's folder or file (not used by ``synthetic``).
+        cache_dir: a prepared cache with ``train/``, ``val/``, ``test/`` subfolders; when set it is
+            read instead of ``source``.
+        options: further keyword arguments of the source's dataset class (e.g. ``visibility``,
+            ``noise_px``, ``num_covisible``, ``intrinsics``, ``dataset``).
+        m_max, n_max: caps on the 2D / 3D set sizes per sample.
+        outlier_rate_2d, outlier_rate_3d: target outlier fractions (None: the source's own).
+        train_samples, val_samples, test_samples: split sizes of the synthetic source.
+        batch_size: training batch size; ``eval_batch_size`` for val / test (None: the same).
+        num_workers: loader processes.
+        pin_memory: pin host memory (None: when CUDA is available).
+        seed: seed of the data (splits, sampling) and of the training shuffle order.
+    """
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        root: str | None = None,
+        cache_dir: str | None = None,
+        options: dict[str, Any] | None = None,
+        m_max: int | None = None,
+        n_max: int | None = None,
+        outlier_rate_2d: float | None = None,
+        outlier_rate_3d: float | None = None,
+        train_samples: int = 10000,
+        val_samples: int = 500,
+        test_samples: int = 1000,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"unknown data source {source!r}: expected one of {SOURCES}")
+        self.save_hyperparameters()
+        self.source = source
+        self.root = root
+        self.cache_dir = cache_dir
+        self.options = dict(options or {})
+        self.control = {"m_max": m_max, "n_max": n_max, "outlier_rate_2d": outlier_rate_2d,
+                        "outlier_rate_3d": outlier_rate_3d}  # fmt: skip
+        self.sizes = {"train": train_samples, "val": val_samples, "test": test_samples}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self.datasets: dict[str, Dataset[Sample]] = {}
+
+    def dataset(self, split: str) -> Dataset[Sample]:
+        """The dataset of ``split``, built on first use."""
+        if split not in self.datasets:
+            if self.cache_dir is not None:
+                self.datasets[split] = CachedDataset(Path(self.cache_dir) / split)
+            else:
+                opts = {**self.options, **{k: v for k, v in self.control.items() if v is not None}}
+                if self.source == "synthetic":
+                    opts.setdefault("num_samples", self.sizes[split])
+                self.datasets[split] = build_dataset(self.source, split, self.root, self.seed, **opts)
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage or "", ("train", "val", "test")):
+            self.dataset(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed),
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device, non_blocking=self.pin_memory)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

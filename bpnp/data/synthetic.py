@@ -1,0 +1,236 @@
+"""Procedural objects seen by a random camera: the built-in source, and the object protocol that the
+ModelNet40 source reuses on real meshes.
+
+A mesh is a triangle soup (T, 3, 3). Points are sampled on its surface by area, the camera gets a
+uniformly random rotation and a position that keeps the whole object in front of it and inside the
+image, and the 2D set is the projection of every point (``visibility="none"``, BPnPNet's ModelNet40
+protocol) or of the points Open3D's hidden-point removal keeps (``"hpr"``: hidden points stay in
+the 3D set as outliers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import open3d as o3d
+import torch
+from scipy.spatial.transform import Rotation
+
+from bpnp.data.base import CorrespondenceDataset, Problem
+from bpnp.data.transforms import Correspondences, PointControl, image_bounds
+
+PRIMITIVES = ("box", "sphere", "cylinder", "cone", "torus")
+SHAPES = (*PRIMITIVES, "composite")
+VISIBILITY = ("none", "hpr")
+
+
+def mesh_triangles(mesh: o3d.geometry.TriangleMesh) -> np.ndarray:
+    """Triangle soup (T, 3, 3) of an Open3D mesh."""
+    return np.asarray(mesh.vertices)[np.asarray(mesh.triangles)]
+
+
+def normalize_soup(tri: np.ndarray) -> np.ndarray:
+    """Centre a soup (T, 3, 3) on its bounding-box centre and scale its bounding sphere to radius 1."""
+    v = tri.reshape(-1, 3)
+    centre = 0.5 * (v.min(0) + v.max(0))
+    radius = np.linalg.norm(v - centre, axis=1).max()
+    return (tri - centre) / max(radius, 1e-12)
+
+
+@cache
+def primitive(name: str) -> np.ndarray:
+    """Normalised triangle soup (T, 3, 3) of an Open3D primitive, built once per process."""
+    make = {
+        "box": lambda: o3d.geometry.TriangleMesh.create_box(1.0, 1.0, 1.0),
+        "sphere": lambda: o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=12),
+        "cylinder": lambda: o3d.geometry.TriangleMesh.create_cylinder(0.5, 2.0, resolution=24),
+        "cone": lambda: o3d.geometry.TriangleMesh.create_cone(0.7, 1.5, resolution=24),
+        "torus": lambda: o3d.geometry.TriangleMesh.create_torus(1.0, 0.35, 24, 12),
+    }
+    if name not in make:
+        raise ValueError(f"unknown primitive {name!r}: expected one of {PRIMITIVES}")
+    return normalize_soup(mesh_triangles(make[name]()))
+
+
+def random_composite(rng: np.random.Generator, parts: tuple[int, int] = (2, 4)) -> np.ndarray:
+    """Normalised soup of 2-4 randomly scaled, rotated and offset primitives (asymmetric in general,
+    unlike a single primitive, so the pose is identifiable from the shape alone)."""
+    soups = []
+    for _ in range(rng.integers(parts[0], parts[1] + 1)):
+        tri = primitive(PRIMITIVES[rng.integers(len(PRIMITIVES))])
+        R = Rotation.random(random_state=rng).as_matrix()
+        scale = rng.uniform(0.25, 0.8, size=3)
+        offset = rng.uniform(-0.6, 0.6, size=3)
+        soups.append((tri * scale) @ R.T + offset)
+    return normalize_soup(np.concatenate(soups))
+
+
+def sample_surface(tri: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points uniform on the surface of a triangle soup.
+
+    Args:
+        tri: (T, 3, 3).
+    Returns:
+        (n, 3).
+    """
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    cdf = np.cumsum(area)
+    if cdf[-1] <= 0:
+        raise ValueError("mesh has zero surface area")
+    face = np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(tri) - 1)
+    r1, r2 = rng.random((2, n, 1))
+    s = np.sqrt(r1)  # uniform barycentric coordinates on a triangle
+    return (1 - s) * a[face] + s * (1 - r2) * b[face] + s * r2 * c[face]
+
+
+def intrinsics(focal: float, image_size: tuple[int, int]) -> np.ndarray:
+    """(3, 3) pinhole with square pixels and the principal point at the image centre."""
+    w, h = image_size
+    return np.array([[focal, 0.0, w / 2.0], [0.0, focal, h / 2.0], [0.0, 0.0, 1.0]])
+
+
+def visible_points(points: np.ndarray, camera_centre: np.ndarray, radius_factor: float = 100.0) -> np.ndarray:
+    """Sorted indices of the points (n, 3) Open3D's hidden-point removal keeps from ``camera_centre``."""
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    diameter = np.linalg.norm(points.max(0) - points.min(0))
+    _, idx = pcd.hidden_point_removal(camera_centre, radius_factor * max(diameter, 1e-9))
+    return np.sort(np.asarray(idx, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class ObjectProtocol:
+    """How a problem is made from an object mesh.
+
+    Attributes:
+        num_points: points sampled on the surface (the 3D set before outliers).
+        visibility: ``"none"`` (every point projected, m = n) or ``"hpr"`` (hidden points removed
+            from the 2D set; they remain in the 3D set as outliers).
+        noise_px: standard deviation of Gaussian pixel noise on the 2D points.
+        image_size: (width, height) in pixels.
+        focal: focal length in pixels (principal point at the image centre).
+        scale_range: per-axis random scale of the unit-radius mesh (anisotropic).
+        distance_range: camera distance as a multiple of the smallest distance at which the object
+            fits in the image; 1 fills the image's inscribed circle.
+    """
+
+    num_points: int = 1000
+    visibility: str = "none"
+    noise_px: float = 0.0
+    image_size: tuple[int, int] = (640, 480)
+    focal: float = 525.0
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    distance_range: tuple[float, float] = (1.0, 2.5)
+
+    def __post_init__(self) -> None:
+        if self.visibility not in VISIBILITY:
+            raise ValueError(f"visibility {self.visibility!r}: expected one of {VISIBILITY}")
+        if self.num_points < 4:
+            raise ValueError(f"num_points={self.num_points}: need at least 4")
+        if self.distance_range[0] < 1.0:
+            raise ValueError(f"distance_range {self.distance_range}: below 1 the object leaves the image")
+
+    def camera(self, radius: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Random pose ``(R (3, 3), t (3,))`` seeing a ball of ``radius`` at the origin whole.
+
+        The ball's angular radius plus its centre's angle off the optical axis stays below the half
+        field of view of the image's inscribed circle (less a margin for pixel noise), so every
+        surface point lies in front of the camera and inside the image.
+        """
+        half = 0.5 * min(self.image_size) - 1.0 - 3.0 * self.noise_px
+        half_fov = np.arctan(half / self.focal)
+        d = radius / np.sin(half_fov) * rng.uniform(*self.distance_range)
+        off_axis = max(half_fov - np.arcsin(radius / d), 0.0) * np.sqrt(rng.random())
+        phi = 2 * np.pi * rng.random()
+        centre = d * np.array(
+            [np.sin(off_axis) * np.cos(phi), np.sin(off_axis) * np.sin(phi), np.cos(off_axis)]
+        )
+        R = Rotation.random(random_state=rng).as_matrix()
+        return R, centre  # the object's origin lands at ``centre`` in the camera frame: t = centre
+
+    def problem(self, tri: np.ndarray, rng: np.random.Generator) -> Problem:
+        """A problem from a normalised soup (T, 3, 3) (world frame: the scaled mesh's frame)."""
+        X = sample_surface(tri, self.num_points, rng) * rng.uniform(*self.scale_range, size=3)
+        R, t = self.camera(float(np.linalg.norm(X, axis=1).max()), rng)
+        K = intrinsics(self.focal, self.image_size)
+        if self.visibility == "hpr":
+            idx = visible_points(X, -R.T @ t)
+        else:
+            idx = np.arange(len(X))
+        x_cam = X[idx] @ R.T + t
+        uv = x_cam[:, :2] / x_cam[:, 2:] * self.focal + K[:2, 2]
+        if self.noise_px > 0:
+            uv = uv + rng.normal(scale=self.noise_px, size=uv.shape)
+        corr = Correspondences(uv, X, idx, image_bounds(*self.image_size))
+        return Problem(corr, K, R, t, image_size=self.image_size)
+
+
+class SyntheticDataset(CorrespondenceDataset):
+    """Procedural objects (Open3D primitives and random compositions of them), generated on the
+    fly; item ``i`` of a split is a function of ``(seed, split, i)`` only.
+
+    Args:
+        num_samples: length of the dataset.
+        split: ``"train"``, ``"val"`` or ``"test"``: independent random streams.
+        shapes: drawn uniformly per item from ``box, sphere, cylinder, cone, torus, composite``. The
+            single primitives are symmetric, so their pose is ambiguous without correspondences;
+            the default uses compositions only.
+        num_points, visibility, noise_px, image_size, focal, scale_range, distance_range: see
+            :class:`ObjectProtocol`.
+        m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl`.
+        seed: base seed.
+    """
+
+    max_attempts = 20
+
+    def __init__(
+        self,
+        num_samples: int = 10000,
+        split: str = "train",
+        shapes: tuple[str, ...] | list[str] = ("composite",),
+        num_points: int = 1000,
+        visibility: str = "none",
+        noise_px: float = 0.0,
+        image_size: tuple[int, int] = (640, 480),
+        focal: float = 525.0,
+        scale_range: tuple[float, float] = (0.5, 1.5),
+        distance_range: tuple[float, float] = (1.0, 2.5),
+        m_max: int | None = None,
+        n_max: int | None = None,
+        outlier_rate_2d: float | None = None,
+        outlier_rate_3d: float | None = None,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        streams = {"train": 0, "val": 1, "test": 2}
+        if split not in streams:
+            raise ValueError(f"split {split!r}: expected one of {tuple(streams)}")
+        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
+        super().__init__(control, seed=seed, stream=streams[split], dtype=dtype)
+        unknown = set(shapes) - set(SHAPES)
+        if unknown or not shapes:
+            raise ValueError(f"shapes {list(shapes)}: expected a non-empty subset of {SHAPES}")
+        self.num_samples = num_samples
+        self.split = split
+        self.shapes = tuple(shapes)
+        self.protocol = ObjectProtocol(
+            num_points,
+            visibility,
+            noise_px,
+            tuple(image_size),
+            focal,
+            tuple(scale_range),
+            tuple(distance_range),
+        )
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _problem(self, index: int, rng: np.random.Generator) -> Problem:
+        shape = self.shapes[rng.integers(len(self.shapes))]
+        tri = random_composite(rng) if shape == "composite" else primitive(shape)
+        p = self.protocol.problem(tri, rng)
+        p.scene, p.id = shape, f"{self.split}/{index:07d}"
+        return p
