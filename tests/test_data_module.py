@@ -1,0 +1,116 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bpnp.data import Batch, BlindPnPDataModule, CachedDataset, SyntheticDataset
+from bpnp.data.cache import write_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_module(**kw) -> BlindPnPDataModule:
+    args = dict(options={"num_points": 64}, train_samples=24, val_samples=8, test_samples=8, batch_size=4)
+    return BlindPnPDataModule(**{**args, **kw})
+
+
+def test_batches_are_typed_padded_and_independent_of_workers():
+    runs = []
+    for workers in (0, 2):
+        dm = small_module(
+            num_workers=workers, outlier_rate_2d=0.25, options={"num_points": 64, "visibility": "hpr"}
+        )
+        dm.setup("fit")
+        runs.append([b for _, b in zip(range(3), dm.train_dataloader(), strict=False)])
+    for a, b in zip(*runs, strict=True):
+        assert isinstance(a, Batch) and len(a) == 4
+        assert a.id == b.id
+        torch.testing.assert_close(a.points2d, b.points2d)
+        assert torch.equal(a.mask3d, b.mask3d) and torch.equal(a.match, b.match)
+        # Padding is masked and unmatched.
+        assert (a.match[~a.mask2d] == -1).all() and a.mask2d.sum() < a.mask2d.numel()
+    ids = [i for b in runs[0] for i in b.id]
+    assert ids != sorted(ids)  # training order is shuffled
+
+
+def test_splits_differ_and_eval_loaders_are_ordered():
+    dm = small_module(num_workers=0, eval_batch_size=8)
+    dm.setup()
+    val = next(iter(dm.val_dataloader()))
+    test = next(iter(dm.test_dataloader()))
+    assert len(val) == 8 and val.id == sorted(val.id)
+    assert not torch.equal(val.points3d[0], test.points3d[0])
+
+
+def test_configurable_from_a_parsed_config():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(BlindPnPDataModule, "data")
+    cfg = parser.parse_object(
+        {"data": {"source": "synthetic", "options": {"visibility": "hpr", "noise_px": 0.5}, "m_max": 100}}
+    )
+    dm = BlindPnPDataModule(**cfg.data.as_dict())
+    ds = dm.dataset("train")
+    assert isinstance(ds, SyntheticDataset) and ds.protocol.visibility == "hpr" and ds.control.m_max == 100
+
+
+def test_bad_configuration_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown data source"):
+        BlindPnPDataModule(source="imagenet")
+    with pytest.raises(ValueError, match="needs a root"):
+        BlindPnPDataModule(source="colmap").dataset("train")
+    with pytest.raises(FileNotFoundError, match="index.json"):
+        BlindPnPDataModule(cache_dir=str(tmp_path)).dataset("train")
+
+
+def test_cache_round_trip_and_data_module_reads_it(tmp_path):
+    src = SyntheticDataset(num_samples=7, num_points=50, visibility="hpr", outlier_rate_2d=0.2)
+    summary = write_cache(src, tmp_path / "train", shard_size=3, progress=False)
+    assert summary["written"] == 7 and sum(summary["rejected"].values()) == 0
+    cached = CachedDataset(tmp_path / "train")
+    assert len(cached) == 7 and len(list((tmp_path / "train").glob("shard_*.npz"))) == 3
+    for i in (0, 3, 6, 2):
+        a, b = src[i], cached[i]
+        for f in ("points2d", "points3d", "K", "R", "t", "match"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+        assert (a.scene, a.id, a.image_size, a.image_path) == (b.scene, b.id, b.image_size, b.image_path)
+    dm = BlindPnPDataModule(cache_dir=str(tmp_path), batch_size=7, num_workers=0)
+    batch = next(iter(dm.train_dataloader()))
+    assert sorted(batch.id) == sorted(src[i].id for i in range(7))
+    (tmp_path / "train" / "shard_00001.npz").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="shard_00001.npz"):
+        CachedDataset(tmp_path / "train")[4]
+
+
+def test_prepare_script_counts_rejections(tmp_path, capsys):
+    from test_data_archive import make_problem, write_archive
+
+    rng = np.random.default_rng(0)
+    samples = [make_problem(rng, 10, 12, 8, False, 12) for _ in range(5)]
+    samples += [make_problem(rng, 10, 12, 2, False, 12) for _ in range(2)]
+    write_archive(tmp_path / "arch", "modelnet40", "train", samples)
+    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "cache"
+    argv = [
+        "--source",
+        "bpnpnet_archive",
+        "--root",
+        str(tmp_path / "arch"),
+        "--out",
+        str(out),
+        "--splits",
+        "train",
+    ]
+    assert script.main([*argv, "--option", "val_fraction=0", "--workers", "0", "--quiet"]) == 0
+    index = json.loads((out / "train" / "index.json").read_text())
+    assert index["count"] == 5 and index["meta"]["rejected"] == {"fewer than 4 inliers": 2}
+    assert "fewer than 4 inliers: 2" in capsys.readouterr().out
+    assert len(CachedDataset(out / "train")) == 5
+    assert script.main(["--source", "colmap", "--root", str(tmp_path / "none"), "--out", str(out)]) == 1
+    assert str(tmp_path / "none") in capsys.readouterr().out.replace("\n", "")
