@@ -114,3 +114,29 @@ def test_prepare_script_counts_rejections(tmp_path, capsys):
     assert len(CachedDataset(out / "train")) == 5
     assert script.main(["--source", "colmap", "--root", str(tmp_path / "none"), "--out", str(out)]) == 1
     assert str(tmp_path / "none") in capsys.readouterr().out.replace("\n", "")
+
+
+def test_trainer_consumes_the_batches():
+    import pytorch_lightning as pl
+
+    class Probe(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.seen: list[int] = []
+
+        def training_step(self, batch, _):
+            assert isinstance(batch, Batch) and batch.points3d.device == self.device
+            self.seen.append(len(batch))
+            return (self.w - batch.points3d[batch.mask3d].mean()) ** 2
+
+        def validation_step(self, batch, _):
+            assert isinstance(batch, Batch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    probe = Probe()
+    trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.fit(probe, datamodule=small_module(num_workers=0))
+    assert probe.seen == [4, 4]

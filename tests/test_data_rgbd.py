@@ -110,3 +110,19 @@ def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "bad" / "depth" / "00000.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="00000.png"):
         RGBDDataset(tmp_path / "bad", depth_scale=1000.0)[0]
+
+
+def test_tum_timestamp_names_pair_by_nearest_time(tmp_path):
+    root = tmp_path / "fr1"
+    write_pair_folder(root, 2)
+    # TUM names frames by capture time; colour and depth times differ by a few milliseconds.
+    for k, (c, d) in enumerate(
+        [("1305031102.175304", "1305031102.160407"), ("1305031102.211214", "1305031102.194330")]
+    ):
+        (root / "rgb" / f"{k:05d}.png").rename(root / "rgb" / f"{c}.png")
+        (root / "depth" / f"{k:05d}.png").rename(root / "depth" / f"{d}.png")
+    ds = RGBDDataset(root, depth_scale=1000.0)
+    assert [(c.stem, d.stem) for c, d in ds.frames] == [
+        ("1305031102.175304", "1305031102.160407"),
+        ("1305031102.211214", "1305031102.194330"),
+    ]

@@ -111,6 +111,9 @@ class BlindPnPDataModule(pl.LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"unknown data source {source!r}: expected one of {SOURCES}")
+        reserved = {"split", "seed", "root", "model_dir"} & set(options or {})
+        if reserved:
+            raise ValueError(f"options {sorted(reserved)} are set by the data module; use its own arguments")
         self.save_hyperparameters()
         self.source = source
         self.root = root

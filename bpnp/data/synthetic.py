@@ -55,8 +55,9 @@ def primitive(name: str) -> np.ndarray:
 
 
 def random_composite(rng: np.random.Generator, parts: tuple[int, int] = (2, 4)) -> np.ndarray:
-    """Normalised soup of 2-4 randomly scaled, rotated and offset primitives (asymmetric in general,
-    unlike a single primitive, so the pose is identifiable from the shape alone)."""
+    """Soup (T, 3, 3) of 2-4 randomly scaled, rotated and offset primitives (asymmetric in general,
+    unlike a single primitive, so the pose is identifiable from the shape alone). Not normalised:
+    :meth:`ObjectProtocol.problem` normalises the sampled points, which is cheaper."""
     soups = []
     for _ in range(rng.integers(parts[0], parts[1] + 1)):
         tri = primitive(PRIMITIVES[rng.integers(len(PRIMITIVES))])
@@ -64,7 +65,7 @@ def random_composite(rng: np.random.Generator, parts: tuple[int, int] = (2, 4)) 
         scale = rng.uniform(0.25, 0.8, size=3)
         offset = rng.uniform(-0.6, 0.6, size=3)
         soups.append((tri * scale) @ R.T + offset)
-    return normalize_soup(np.concatenate(soups))
+    return np.concatenate(soups)
 
 
 def sample_surface(tri: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,8 +152,11 @@ class ObjectProtocol:
         return R, centre  # the object's origin lands at ``centre`` in the camera frame: t = centre
 
     def problem(self, tri: np.ndarray, rng: np.random.Generator) -> Problem:
-        """A problem from a normalised soup (T, 3, 3) (world frame: the scaled mesh's frame)."""
-        X = sample_surface(tri, self.num_points, rng) * rng.uniform(*self.scale_range, size=3)
+        """A problem from a soup (T, 3, 3). World frame: the points' bounding-box centre is the
+        origin, and their farthest point from it is at distance 1 before the random scaling."""
+        X = sample_surface(tri, self.num_points, rng)
+        X = X - 0.5 * (X.min(0) + X.max(0))
+        X = X / max(np.sqrt((X * X).sum(1).max()), 1e-12) * rng.uniform(*self.scale_range, size=3)
         R, t = self.camera(float(np.linalg.norm(X, axis=1).max()), rng)
         K = intrinsics(self.focal, self.image_size)
         if self.visibility == "hpr":
