@@ -126,3 +126,16 @@ def test_tum_timestamp_names_pair_by_nearest_time(tmp_path):
         ("1305031102.175304", "1305031102.160407"),
         ("1305031102.211214", "1305031102.194330"),
     ]
+
+
+def test_frame_without_depth_is_never_passed_on(tmp_path):
+    from bpnp.data.cache import write_cache
+
+    write_pair_folder(tmp_path / "seq", 2)
+    cv2.imwrite(str(tmp_path / "seq" / "depth" / "00000.png"), np.zeros((48, 64), np.uint16))
+    ds = RGBDDataset(tmp_path / "seq", depth_scale=1000.0, num_points=50)
+    with pytest.warns(UserWarning, match="item 0 rejected"):
+        s = ds[0]
+    assert s.id.startswith("00001") and s.num_inliers == 50
+    summary = write_cache(ds, tmp_path / "cache", progress=False)
+    assert summary["written"] == 1 and summary["rejected"] == {"fewer than 4 valid depth pixels": 1}

@@ -179,8 +179,10 @@ class ColmapDataset(CorrespondenceDataset):
             self.R.append(R)
             self.t.append(t)
             self.size.append((int(cam.width), int(cam.height)))
-            self.kp_uv.append(undistort_pixels(uv, K, dist))
-            self.kp_point.append(pts)
+            uv = undistort_pixels(uv, K, dist)
+            ok = np.isfinite(uv).all(1)  # drop keypoints the inversion cannot place
+            self.kp_uv.append(uv[ok])
+            self.kp_point.append(pts[ok])
         self._covisibility()
 
     def _covisibility(self) -> None:

@@ -51,14 +51,16 @@ def load_off(path: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"mesh file {p} not found (expected an OFF mesh)")
-    mesh = o3d.io.read_triangle_mesh(str(p))
-    if len(mesh.triangles):
-        tri = np.asarray(mesh.vertices)[np.asarray(mesh.triangles)]
-    else:
-        try:
+    with p.open("rb") as f:
+        fused = f.readline().strip()[3:].strip() != b""  # "OFF490 518 0": Open3D rejects it
+    try:
+        if fused:
             tri = _parse_fused_header(p)
-        except (ValueError, IndexError) as e:
-            raise ValueError(f"corrupt mesh file {p}: not a readable OFF mesh with triangles") from e
+        else:
+            mesh = o3d.io.read_triangle_mesh(str(p))
+            tri = np.asarray(mesh.vertices)[np.asarray(mesh.triangles, dtype=np.int64).reshape(-1, 3)]
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"corrupt mesh file {p}: not a readable OFF mesh with triangles") from e
     if len(tri) == 0 or not np.isfinite(tri).all():
         raise ValueError(f"corrupt mesh file {p}: no finite triangles")
     return normalize_soup(tri)
