@@ -1,0 +1,43 @@
+"""Pose-accuracy evaluation: metrics, baselines, the evaluation loop and its reports.
+
+Any method implementing :class:`Method` (a batch in, a :class:`MethodOutput` out) can be evaluated;
+the baselines here need no network.
+"""
+
+from bpnp.evaluation.aggregate import PoseMetrics, flatten, problem_metrics, summarize
+from bpnp.evaluation.baselines import (
+    BASELINES,
+    HungarianMatcher,
+    OracleBaseline,
+    RandomBaseline,
+    RansacConfig,
+    hungarian_pairs,
+    ransac_pnp,
+)
+from bpnp.evaluation.evaluate import EvalRow, evaluate_method, evaluate_sweep
+from bpnp.evaluation.method import Method, MethodOutput, initial_pose_output
+from bpnp.evaluation.outliers import with_outlier_rate
+from bpnp.evaluation.report import markdown_table, write_reports
+
+__all__ = [
+    "BASELINES",
+    "EvalRow",
+    "HungarianMatcher",
+    "Method",
+    "MethodOutput",
+    "OracleBaseline",
+    "PoseMetrics",
+    "RandomBaseline",
+    "RansacConfig",
+    "evaluate_method",
+    "evaluate_sweep",
+    "flatten",
+    "hungarian_pairs",
+    "initial_pose_output",
+    "markdown_table",
+    "problem_metrics",
+    "ransac_pnp",
+    "summarize",
+    "with_outlier_rate",
+    "write_reports",
+]
