@@ -12,6 +12,13 @@ from bpnp.data.cache import write_cache
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def small_module(**kw) -> BlindPnPDataModule:
     args = dict(options={"num_points": 64}, train_samples=24, val_samples=8, test_samples=8, batch_size=4)
     return BlindPnPDataModule(**{**args, **kw})
@@ -87,15 +94,13 @@ def test_cache_round_trip_and_data_module_reads_it(tmp_path):
 
 
 def test_prepare_script_counts_rejections(tmp_path, capsys):
-    from test_data_archive import make_problem, write_archive
-
+    helpers = load_module(Path(__file__).with_name("test_data_archive.py"))
+    make_problem, write_archive = helpers.make_problem, helpers.write_archive
     rng = np.random.default_rng(0)
     samples = [make_problem(rng, 10, 12, 8, False, 12) for _ in range(5)]
     samples += [make_problem(rng, 10, 12, 2, False, 12) for _ in range(2)]
     write_archive(tmp_path / "arch", "modelnet40", "train", samples)
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(ROOT / "scripts" / "prepare_data.py")
     out = tmp_path / "cache"
     argv = [
         "--source",
