@@ -1,0 +1,174 @@
+"""Declarative Sinkhorn layer: the entropic optimal-transport plan as a differentiable function.
+
+    P* = argmin_P <M, P> + (1/gamma) <P, log P>   s.t.  P 1 = r,  P^T 1 = c
+
+Forward: :func:`bpnp.nodes.sinkhorn_solver.solve_scaling` (stabilised multiplicative iterations with a
+log-domain rescue). Backward: implicit differentiation of the optimality conditions
+(:mod:`bpnp.nodes.sinkhorn_backward`), so memory does not depend on the number of iterations; or,
+for comparison, autograd through log-domain iterations (``backward="unroll"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bpnp.nodes.sinkhorn_backward import sinkhorn_vjp
+from bpnp.nodes.sinkhorn_solver import solve_log_domain_unrolled, solve_scaling
+
+
+class _ImplicitSinkhorn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, M: Tensor, r: Tensor, c: Tensor, gamma: float, max_iter: int, tol: float) -> Tensor:
+        P, _ = solve_scaling(gamma * M, r, c, max_iter, tol)
+        ctx.gamma = gamma
+        ctx.save_for_backward(P)
+        return P
+
+    @staticmethod
+    def backward(ctx, grad_P: Tensor):
+        (P,) = ctx.saved_tensors
+        grad_M, grad_r, grad_c = sinkhorn_vjp(P, grad_P, ctx.gamma)
+        return grad_M, grad_r, grad_c, None, None, None
+
+
+def _marginal(x: Tensor | None, mask: Tensor, name: str, dtype: torch.dtype) -> Tensor:
+    """Masked marginal normalised to sum 1 per sample (all zero for a sample with no valid entry)."""
+    w = mask.to(dtype)
+    if x is not None:
+        if x.shape != mask.shape:
+            raise ValueError(f"sinkhorn: '{name}' must have shape {tuple(mask.shape)}, got {tuple(x.shape)}")
+        bad = mask & ~(torch.isfinite(x) & (x >= 0))
+        if bool(bad.any()):
+            raise ValueError(f"sinkhorn: '{name}' must be finite and non-negative on its valid entries")
+        w = torch.where(mask, x.to(dtype), torch.zeros((), dtype=dtype, device=x.device))
+    total = w.sum(-1, keepdim=True)
+    return torch.where(
+        total > 0, w / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(w)
+    )
+
+
+def _append_dustbin(
+    M: Tensor, row_mask: Tensor, col_mask: Tensor, z: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Append one row and one column of cost ``z`` and the SuperGlue marginals ``[1..1, n] / (m + n)``."""
+    B, m, n = M.shape
+    z = z.to(M.dtype).reshape(())
+    M = torch.cat([M, z.expand(B, 1, n)], dim=1)
+    M = torch.cat([M, z.expand(B, m + 1, 1)], dim=2)
+    ms = row_mask.sum(-1, keepdim=True).to(M.dtype)
+    ns = col_mask.sum(-1, keepdim=True).to(M.dtype)
+    # A sample with no points on one side has nothing to transport.
+    has = (ms > 0) & (ns > 0)
+    row_mask = torch.cat([row_mask, has], dim=1)
+    col_mask = torch.cat([col_mask, has], dim=1)
+    r = torch.cat([row_mask[:, :m].to(M.dtype), ns], dim=1)
+    c = torch.cat([col_mask[:, :n].to(M.dtype), ms], dim=1)
+    return M, r, c, row_mask, col_mask
+
+
+def sinkhorn(
+    M: Tensor,
+    r: Tensor | None = None,
+    c: Tensor | None = None,
+    *,
+    gamma: float = 10.0,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    backward: str = "implicit",
+    row_mask: Tensor | None = None,
+    col_mask: Tensor | None = None,
+    dustbin: Tensor | float | None = None,
+) -> Tensor:
+    """Entropic optimal-transport plan of a batch of cost matrices.
+
+    Args:
+        M: (B, m, n) cost; entries under a False mask are ignored (may be anything, even NaN).
+        r: (B, m) row marginals, or None for uniform over the valid rows; normalised to sum 1.
+        c: (B, n) column marginals, likewise.
+        gamma: inverse entropic regularisation (sharper plans for larger values).
+        max_iter: iteration cap. ``tol``: L1 row-marginal error at which a sample stops (columns are
+            exact after each iteration); ``tol=0`` runs exactly ``max_iter`` iterations.
+        backward: ``"implicit"`` (memory independent of the iterations) or ``"unroll"`` (autograd
+            through log-domain iterations).
+        row_mask: (B, m), ``col_mask``: (B, n) bool, True for real entries; padding gets zero mass.
+        dustbin: None, or a scalar (tensor, may require grad) ``z``: one row and one column of cost ``z``
+            are appended with marginals ``[1,...,1, n] / (m + n)`` and ``[1,...,1, m] / (m + n)``
+            (``m``, ``n`` counting valid entries); then ``r`` and ``c`` must be None.
+    Returns:
+        ``P`` (B, m, n), or (B, m + 1, n + 1) with a dustbin (last row / column), in ``M``'s dtype
+        (half precision is computed in float32).
+    """
+    if M.dim() != 3:
+        raise ValueError(f"sinkhorn: 'M' must have shape (B, m, n), got {tuple(M.shape)}")
+    if backward not in ("implicit", "unroll"):
+        raise ValueError(f"sinkhorn: 'backward' must be 'implicit' or 'unroll', got {backward!r}")
+    if gamma <= 0 or max_iter < 1 or tol < 0:
+        raise ValueError(
+            f"sinkhorn: need gamma > 0, max_iter >= 1, tol >= 0 (got {gamma}, {max_iter}, {tol})"
+        )
+    out_dtype = M.dtype
+    if M.dtype not in (torch.float32, torch.float64):
+        M = M.float()
+    B, m, n = M.shape
+    row_mask = torch.ones(B, m, dtype=torch.bool, device=M.device) if row_mask is None else row_mask.bool()
+    col_mask = torch.ones(B, n, dtype=torch.bool, device=M.device) if col_mask is None else col_mask.bool()
+    with torch.autocast(M.device.type, enabled=False):
+        valid = row_mask[:, :, None] & col_mask[:, None, :]
+        if bool((valid & ~torch.isfinite(M)).any()):
+            raise ValueError("sinkhorn: 'M' has non-finite entries at unmasked positions")
+        M = torch.where(valid, M, torch.zeros_like(M))
+        if dustbin is not None:
+            if r is not None or c is not None:
+                raise ValueError("sinkhorn: with 'dustbin' the marginals are fixed; pass r=None and c=None")
+            z = torch.as_tensor(dustbin, dtype=M.dtype, device=M.device)
+            if z.numel() != 1 or not bool(torch.isfinite(z).all()):
+                raise ValueError("sinkhorn: 'dustbin' must be a finite scalar")
+            M, r, c, row_mask, col_mask = _append_dustbin(M, row_mask, col_mask, z)
+        r = _marginal(r, row_mask, "r", M.dtype)
+        c = _marginal(c, col_mask, "c", M.dtype)
+        # A sample with mass on only one side has no feasible plan: transport nothing.
+        both = (r.sum(-1, keepdim=True) > 0) & (c.sum(-1, keepdim=True) > 0)
+        r, c = r * both, c * both
+        if backward == "implicit":
+            P = _ImplicitSinkhorn.apply(M, r, c, float(gamma), int(max_iter), float(tol))
+        else:
+            P = solve_log_domain_unrolled(gamma * M, r, c, max_iter, tol)
+    return P.to(out_dtype)
+
+
+class Sinkhorn(nn.Module):
+    """:func:`sinkhorn` as a module, optionally with a learnable dustbin score.
+
+    Args:
+        gamma, max_iter, tol, backward: as in :func:`sinkhorn`.
+        dustbin_init: None for no dustbin, else the initial (learnable) dustbin cost.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 10.0,
+        max_iter: int = 100,
+        tol: float = 1e-6,
+        backward: str = "implicit",
+        dustbin_init: float | None = None,
+    ):
+        super().__init__()
+        self.gamma, self.max_iter, self.tol, self.backward = gamma, max_iter, tol, backward
+        self.dustbin = None if dustbin_init is None else nn.Parameter(torch.tensor(float(dustbin_init)))
+
+    def forward(self, M: Tensor, row_mask: Tensor | None = None, col_mask: Tensor | None = None) -> Tensor:
+        """(B, m, n) cost -> (B, m, n) plan, or (B, m + 1, n + 1) with the dustbin."""
+        return sinkhorn(
+            M,
+            gamma=self.gamma,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            backward=self.backward,
+            row_mask=row_mask,
+            col_mask=col_mask,
+            dustbin=self.dustbin,
+        )
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, max_iter={self.max_iter}, tol={self.tol}, backward={self.backward!r}"
