@@ -210,7 +210,9 @@ class ColmapDataset(CorrespondenceDataset):
         i = self.items[index]
         own = self.kp_point[i]
         seen = [own[own >= 0]] + [self.kp_point[j][self.kp_point[j] >= 0] for j in self.covisible(i)]
-        ids = np.unique(np.concatenate(seen))  # rows of self.xyz forming the 3D set
+        in_set = np.zeros(len(self.xyz), dtype=bool)
+        in_set[np.concatenate(seen)] = True
+        ids = np.flatnonzero(in_set)  # rows of self.xyz forming the 3D set
         match = np.full(len(own), -1, dtype=np.int64)
         match[own >= 0] = np.searchsorted(ids, own[own >= 0])
         w, h = self.size[i]

@@ -132,8 +132,10 @@ def cap_counts(
     k3 = min(int(scale * len(out3)), max((n_max or n) - k, 0))
     kept_inl = _choose(rng, inl2, k)
     c = keep_2d(c, np.sort(np.concatenate([kept_inl, _choose(rng, out2, k2)])))
-    keep3 = np.unique(np.concatenate([c.match[c.match >= 0], _choose(rng, out3, k3)]))
-    return keep_3d(c, keep3)
+    keep3 = np.zeros(len(c.points3d), dtype=bool)
+    keep3[c.match[c.match >= 0]] = True
+    keep3[_choose(rng, out3, k3)] = True
+    return keep_3d(c, np.flatnonzero(keep3))
 
 
 def shuffle(c: Correspondences, rng: np.random.Generator) -> Correspondences:
