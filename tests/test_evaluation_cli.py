@@ -26,7 +26,7 @@ def test_evaluate_cli_with_oracle_and_random_writes_every_report(tmp_path):
     out = tmp_path / "eval"
     rows = evaluate_main(
         [*DATA_ARGS, "--baseline", "[oracle,random]", "--random_budget_ms", "5",
-         "--outlier_rates", "0,0.5", "--out", str(out), "--progress", "false"]
+         "--outlier-rates", "0,0.5", "--out", str(out), "--progress", "false"]
     )  # fmt: skip
     assert [(r.method, r.outlier_rate) for r in rows] == [
         ("oracle", 0.0), ("random", 0.0), ("oracle", 0.5), ("random", 0.5)

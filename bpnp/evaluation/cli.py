@@ -159,6 +159,7 @@ def evaluation_parser() -> ArgumentParser:
     p = base_parser("Pose-accuracy evaluation of baselines and trained checkpoints.")
     p.add_argument(
         "--outlier_rates",
+        "--outlier-rates",
         type=str | None,
         default=None,
         help="comma-separated outlier rates, e.g. 0,0.25,0.5,0.75, one row each (default: the data's own)",

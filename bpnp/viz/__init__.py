@@ -58,6 +58,21 @@ def save_problem_images(
     return [write_png(Path(out_dir) / f"{stem}_{kind}.png", img) for kind, img in images.items()]
 
 
+def wandb_images(
+    batch: Batch, out: MethodOutput | None, indices: list[int], render_3d: bool = True, prefix: str = "viz"
+) -> dict[str, list]:
+    """Pictures of problems ``indices`` as ``wandb.Image`` lists keyed ``{prefix}/{kind}``, ready for
+    ``wandb.log`` (or ``WandbLogger.experiment.log``) in a validation epoch."""
+    import wandb
+
+    logged: dict[str, list] = {}
+    for b in indices:
+        for kind, img in problem_images(batch, out, b, render_3d).items():
+            caption = batch.id[b] if b < len(batch.id) and batch.id[b] else f"problem {b}"
+            logged.setdefault(f"{prefix}/{kind}", []).append(wandb.Image(img, caption=caption))
+    return logged
+
+
 __all__ = [
     "ProblemView",
     "draw_matches",
@@ -66,5 +81,6 @@ __all__ = [
     "problem_view",
     "render_scene",
     "save_problem_images",
+    "wandb_images",
     "write_png",
 ]
