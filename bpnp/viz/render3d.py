@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from bpnp.viz.problem import ProblemView
@@ -270,7 +271,23 @@ def render_scene(
             log.warning("3D render with %s failed (%s); trying %s", name, e, following)
             continue
         log.info("3D render backend: %s", name)
-        return img, name
+        return add_legend(img, view.title), name
     img = _RENDERERS[last](scene, size)
     log.info("3D render backend: %s", last)
-    return img, last
+    return add_legend(img, view.title), last
+
+
+def add_legend(img: np.ndarray, title: str = "") -> np.ndarray:
+    """Write the colour key (and a title) in the top-left corner of an RGB image."""
+    img = np.ascontiguousarray(img)
+    lines = [
+        title,
+        "blue: true camera, orange: estimated camera",
+        "points: green with a 2D partner, grey without",
+        "rays to the top pairs' 3D points: green correct, red wrong",
+    ]
+    for k, text in enumerate(x for x in lines if x):
+        at = (6, 16 + 15 * k)
+        cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 3, cv2.LINE_AA)
+        cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.4, (20, 20, 20), 1, cv2.LINE_AA)
+    return img
