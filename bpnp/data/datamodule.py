@@ -69,6 +69,24 @@ def seed_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A permutation that depends on ``(seed, epoch)`` only, so a run resumed from a checkpoint sees
+    the same data order as one that never stopped (Lightning calls :meth:`set_epoch`)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class BlindPnPDataModule(pl.LightningDataModule):
     """Train / val / test loaders of one source, or of a cache written by ``scripts/prepare_data.py``.
 
@@ -147,15 +165,15 @@ class BlindPnPDataModule(pl.LightningDataModule):
             self.dataset(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
             worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(self.seed),
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )

@@ -115,6 +115,9 @@ class ObjectProtocol:
         scale_range: per-axis random scale of the unit-radius mesh (anisotropic).
         distance_range: camera distance as a multiple of the smallest distance at which the object
             fits in the image; 1 fills the image's inscribed circle.
+        max_rotation_deg: 180 draws the camera rotation uniformly on SO(3); below that, a uniform
+            random axis and an angle uniform in [0, max_rotation_deg] away from the identity (a
+            limited range of viewpoints, an easier problem that a network learns much sooner).
     """
 
     num_points: int = 1000
@@ -124,12 +127,15 @@ class ObjectProtocol:
     focal: float = 525.0
     scale_range: tuple[float, float] = (0.5, 1.5)
     distance_range: tuple[float, float] = (1.0, 2.5)
+    max_rotation_deg: float = 180.0
 
     def __post_init__(self) -> None:
         if self.visibility not in VISIBILITY:
             raise ValueError(f"visibility {self.visibility!r}: expected one of {VISIBILITY}")
         if self.num_points < 4:
             raise ValueError(f"num_points={self.num_points}: need at least 4")
+        if not 0.0 <= self.max_rotation_deg <= 180.0:
+            raise ValueError(f"max_rotation_deg={self.max_rotation_deg}: expected a value in [0, 180]")
         if self.distance_range[0] < 1.0:
             raise ValueError(f"distance_range {self.distance_range}: below 1 the object leaves the image")
 
@@ -148,7 +154,12 @@ class ObjectProtocol:
         centre = d * np.array(
             [np.sin(off_axis) * np.cos(phi), np.sin(off_axis) * np.sin(phi), np.cos(off_axis)]
         )
-        R = Rotation.random(random_state=rng).as_matrix()
+        if self.max_rotation_deg >= 180.0:
+            R = Rotation.random(random_state=rng).as_matrix()
+        else:
+            axis = rng.normal(size=3)
+            angle = np.deg2rad(self.max_rotation_deg) * rng.random()
+            R = Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
         return R, centre  # the object's origin lands at ``centre`` in the camera frame: t = centre
 
     def problem(self, tri: np.ndarray, rng: np.random.Generator) -> Problem:
@@ -181,8 +192,8 @@ class SyntheticDataset(CorrespondenceDataset):
         shapes: drawn uniformly per item from ``box, sphere, cylinder, cone, torus, composite``. The
             single primitives are symmetric, so their pose is ambiguous without correspondences;
             the default uses compositions only.
-        num_points, visibility, noise_px, image_size, focal, scale_range, distance_range: see
-            :class:`ObjectProtocol`.
+        num_points, visibility, noise_px, image_size, focal, scale_range, distance_range,
+            max_rotation_deg: see :class:`ObjectProtocol`.
         m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl`.
         seed: base seed.
     """
@@ -201,6 +212,7 @@ class SyntheticDataset(CorrespondenceDataset):
         focal: float = 525.0,
         scale_range: tuple[float, float] = (0.5, 1.5),
         distance_range: tuple[float, float] = (1.0, 2.5),
+        max_rotation_deg: float = 180.0,
         m_max: int | None = None,
         n_max: int | None = None,
         outlier_rate_2d: float | None = None,
@@ -227,6 +239,7 @@ class SyntheticDataset(CorrespondenceDataset):
             focal,
             tuple(scale_range),
             tuple(distance_range),
+            max_rotation_deg,
         )
 
     def __len__(self) -> int:
