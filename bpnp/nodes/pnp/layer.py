@@ -1,0 +1,366 @@
+"""The declarative weighted PnP layer: :func:`weighted_pnp` and its implicit backward pass.
+
+Forward (no gradients): optional RANSAC initialisation, batched Levenberg-Marquardt, degeneracy
+checks. Backward: with ``H`` the exact 6x6 Hessian in local coordinates at the solution and ``v`` the
+incoming gradient in those coordinates, ``u = H^-1 v`` and, for every input ``x`` at once,
+``dL/dx = -grad_x <u, grad_delta f(x, delta = 0)>`` (one autograd pass, ``u`` held constant), plus
+``dL/df * grad_x f`` for the objective value (envelope theorem).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bpnp.geometry import normalized_to_bearings, vee
+from bpnp.nodes.pnp.checks import behind_camera, collinear, effective_pairs, singular, warn_once
+from bpnp.nodes.pnp.objectives import (
+    OBJECTIVES,
+    PairedProblem,
+    camera_points,
+    collapse_dense,
+    column_mass,
+    dense_features,
+    dense_objective,
+    local_pose,
+    paired_objective,
+)
+from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs, torch_ransac
+from bpnp.nodes.pnp.robust import ROBUST_KERNELS
+from bpnp.nodes.pnp.solver import levenberg_marquardt
+
+
+@dataclass
+class PnPResult:
+    """Output of :func:`weighted_pnp`; pose convention ``x_cam = R X + t``.
+
+    Attributes:
+        R: (B, 3, 3) differentiable.
+        t: (B, 3) differentiable.
+        objective: (B,) objective value at the solution, differentiable.
+        valid: (B,) bool; invalid samples have exactly zero gradient.
+        iterations: (B,) Levenberg-Marquardt iterations.
+        converged: (B,) bool, the step-size test was met.
+        R_init: (B, 3, 3) initial rotation (given or RANSAC's).
+        t_init: (B, 3) initial translation.
+    """
+
+    R: Tensor
+    t: Tensor
+    objective: Tensor
+    valid: Tensor
+    iterations: Tensor
+    converged: Tensor
+    R_init: Tensor
+    t_init: Tensor
+
+
+@dataclass(frozen=True)
+class _Config:
+    dense: bool
+    objective: str
+    robust: str | None
+    scale_sq: float
+    max_iter: int
+    tol: float | None
+
+
+def _zero_samples(x: Tensor, keep: Tensor) -> Tensor:
+    """Zero whole samples where ``keep`` (B,) is False (a copy only when some are)."""
+    if bool(keep.all()):
+        return x
+    return torch.where(
+        keep.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype, device=x.device)
+    )
+
+
+def _samples_finite(*xs: Tensor) -> Tensor:
+    """(B,) bool: every entry of every tensor of the sample is finite."""
+    return torch.stack([torch.isfinite(x).flatten(1).all(-1) for x in xs], dim=0).all(0)
+
+
+class _WeightedPnP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d, x3d, weights, R0, t0, init_ok, cfg: _Config):  # type: ignore[override]
+        finite = init_ok & _samples_finite(x2d, x3d, *(() if cfg.dense else (weights,)))
+        x2d, x3d = _zero_samples(x2d, finite), _zero_samples(x3d, finite)
+        G = None
+        if cfg.dense:
+            # One pass over W: the collapsed features, whose column mass also reveals non-finite W.
+            # (F^T W)^T rather than W^T F: the same product, about 2x faster with W stored row-major.
+            G = (dense_features(cfg.objective, x2d).transpose(-1, -2) @ weights).transpose(-1, -2)
+            col = column_mass(cfg.objective, G)
+            finite = finite & torch.isfinite(col.sum(-1))
+            weights, G = _zero_samples(weights, finite), _zero_samples(G, finite)
+            problem = collapse_dense(cfg.objective, x3d, G)
+            col = column_mass(cfg.objective, G)
+            # 3D points carrying mass; a single 2D point spread over many is caught by singular H.
+            n_eff = effective_pairs(col)
+        else:
+            weights = _zero_samples(weights, finite)
+            target = normalized_to_bearings(x2d) if cfg.objective == "angular" else x2d
+            const = torch.zeros_like(weights[:, 0])
+            problem = PairedProblem(cfg.objective, x3d, target, weights, const, cfg.robust, cfg.scale_sq)
+            col = weights
+            n_eff = effective_pairs(weights)
+        total = col.sum(-1)
+        reasons = {
+            "non-finite input": ~finite,
+            "all weights zero": finite & (total <= 0),
+            "fewer than 4 effective correspondences": finite & (total > 0) & (n_eff < 4),
+        }
+        active = finite & (total > 0) & (n_eff >= 4)
+        reasons["collinear 3D points"] = active & collinear(x3d, col)
+        active = active & ~reasons["collinear 3D points"]
+        sol = levenberg_marquardt(problem, R0, t0, active, cfg.max_iter, cfg.tol)
+        ok = torch.isfinite(sol.R).all((-1, -2)) & torch.isfinite(sol.t).all(-1) & torch.isfinite(sol.value)
+        reasons["non-finite solution"] = active & ~ok
+        reasons["points behind the camera"] = active & ok & behind_camera(problem, sol.X)
+        reasons["singular Hessian"] = active & ok & singular(sol.hessian)
+        valid = active & ok & ~reasons["points behind the camera"] & ~reasons["singular Hessian"]
+        warn_once(reasons)
+
+        eye = torch.eye(3, dtype=R0.dtype, device=R0.device).expand_as(R0)
+        R = torch.where(ok[:, None, None], sol.R, eye)
+        t = torch.where(ok[:, None], sol.t, torch.zeros_like(sol.t))
+        value = torch.where(ok, sol.value, torch.zeros_like(sol.value))
+        H = torch.where(valid[:, None, None], sol.hessian, torch.eye(6, dtype=R.dtype, device=R.device))
+        ctx.cfg = cfg
+        ctx.save_for_backward(x2d, x3d, weights, G, R, t, H, valid)
+        ctx.mark_non_differentiable(valid, sol.iterations, sol.converged)
+        return R, t, value, valid, sol.iterations, sol.converged
+
+    @staticmethod
+    def backward(ctx, grad_R, grad_t, grad_value, *_):  # type: ignore[override]
+        need_2d, need_3d, need_w = ctx.needs_input_grad[:3]
+        if not (need_2d or need_3d or need_w):
+            return (None,) * 7
+        x2d, x3d, weights, G, R, t, H, valid = ctx.saved_tensors
+        cfg: _Config = ctx.cfg
+        B = R.shape[0]
+        grad_R = torch.zeros_like(R) if grad_R is None else grad_R
+        grad_t = torch.zeros_like(t) if grad_t is None else grad_t
+        grad_value = torch.zeros(B, dtype=R.dtype, device=R.device) if grad_value is None else grad_value
+        # dL/d delta at delta = 0 of R = exp([w]_x) R*, t = t* + tau: (2 vee(G_R R*^T), G_t).
+        v = torch.cat([2.0 * vee(grad_R @ R.transpose(-1, -2)), grad_t], dim=-1)
+        v = torch.where(valid[:, None], v, torch.zeros_like(v))
+        grad_value = torch.where(valid, grad_value, torch.zeros_like(grad_value))
+        u = torch.linalg.solve(H, v[..., None]).squeeze(-1)
+        u = torch.where(valid[:, None] & torch.isfinite(u), u, torch.zeros_like(u))
+        with torch.enable_grad():
+            delta = torch.zeros(B, 6, dtype=R.dtype, device=R.device, requires_grad=True)
+            p = x3d.detach().requires_grad_(need_3d)
+            Rd, td = local_pose(R, t, delta)
+            X = camera_points(Rd, td, p)
+            if cfg.dense:
+                # Through G = W^T F(x2d): the O(mn) work is the two bmm's after the autograd pass.
+                leaves = [G.detach().requires_grad_(need_2d or need_w), p]
+                f = dense_objective(cfg.objective, leaves[0], X)
+            else:
+                leaves = [x2d.detach().requires_grad_(need_2d), p, weights.detach().requires_grad_(need_w)]
+                f = paired_objective(cfg.objective, cfg.robust, cfg.scale_sq, leaves[0], X, leaves[2])
+            (g,) = torch.autograd.grad(f.sum(), delta, create_graph=True)
+            # -grad_x <u, grad_delta f> with u held constant, plus the envelope term of the value.
+            s = (grad_value * f).sum() - (g * u).sum()
+            wanted = [x for x in leaves if x.requires_grad]
+            found = dict(zip(map(id, wanted), torch.autograd.grad(s, wanted, allow_unused=True), strict=True))
+            grads = [found.get(id(x)) for x in leaves]
+            if cfg.dense:
+                grad_G, grad_3d = grads
+                grad_2d = grad_w = w_finite = None
+                if grad_G is not None and need_w:
+                    feats = dense_features(cfg.objective, x2d)
+                    grad_w = feats @ grad_G.transpose(-1, -2)  # (B, m, n): dL/dW = F (dL/dG)^T
+                    # finite factors give a finite product: no pass over the (B, m, n) result
+                    w_finite = _samples_finite(feats, grad_G)
+                if grad_G is not None and need_2d:
+                    x = x2d.detach().requires_grad_(True)
+                    (grad_2d,) = torch.autograd.grad(
+                        dense_features(cfg.objective, x), x, weights @ grad_G, allow_unused=True
+                    )
+            else:
+                grad_2d, grad_3d, grad_w = grads
+        out = [
+            _masked_grad(grad_2d, x2d, valid) if need_2d else None,
+            _masked_grad(grad_3d, x3d, valid) if need_3d else None,
+            _masked_grad(grad_w, weights, valid, w_finite if cfg.dense else None) if need_w else None,
+        ]
+        return (*out, None, None, None, None)
+
+
+def _masked_grad(gx: Tensor | None, like: Tensor, valid: Tensor, finite: Tensor | None = None) -> Tensor:
+    """Exactly zero gradient for invalid samples and for samples whose gradient is not finite.
+
+    Args:
+        gx: gradient or None (zero).
+        like: the input it belongs to.
+        valid: (B,) bool.
+        finite: (B,) bool if known (saves a pass over a large gradient), else computed.
+    """
+    if gx is None:
+        return torch.zeros_like(like)
+    finite = torch.isfinite(gx.flatten(1).sum(-1)) if finite is None else finite
+    return _zero_samples(gx, valid & finite)
+
+
+def _check_shapes(x2d: Tensor, x3d: Tensor, weights: Tensor) -> bool:
+    """Validate shapes; return True for the dense form."""
+    if x2d.dim() != 3 or x2d.shape[-1] != 2 or x3d.dim() != 3 or x3d.shape[-1] != 3:
+        raise ValueError(
+            f"x2d must be (B, m, 2) and x3d (B, n, 3), got {tuple(x2d.shape)}, {tuple(x3d.shape)}"
+        )
+    B, m, n = x2d.shape[0], x2d.shape[1], x3d.shape[1]
+    if weights.shape == (B, m, n):
+        return True
+    if weights.shape == (B, m) and m == n:
+        return False
+    raise ValueError(
+        f"weights must be (B, m, n) = {(B, m, n)} (dense) or (B, k) with x2d (B, k, 2), x3d (B, k, 3) "
+        f"(paired), got {tuple(weights.shape)}"
+    )
+
+
+def _masked(x: Tensor, mask: Tensor) -> Tensor:
+    """Zero the entries outside ``mask`` (broadcast over trailing axes); their gradient is zero."""
+    return torch.where(mask.view(*mask.shape, *([1] * (x.dim() - mask.dim()))), x, torch.zeros_like(x))
+
+
+def _apply_masks(
+    dense: bool, x2d: Tensor, x3d: Tensor, weights: Tensor, row_mask: Tensor | None, col_mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Zero padded points and their weights (a pass over W only when a mask is given)."""
+    if row_mask is None and col_mask is None:
+        return x2d, x3d, weights
+    B, m, n = x2d.shape[0], x2d.shape[1], x3d.shape[1]
+    rm = torch.ones(B, m, dtype=torch.bool, device=x2d.device) if row_mask is None else row_mask.bool()
+    cm = torch.ones(B, n, dtype=torch.bool, device=x2d.device) if col_mask is None else col_mask.bool()
+    if not dense:
+        rm = cm = rm & cm
+    x2d, x3d = _masked(x2d, rm), _masked(x3d, cm)
+    weights = _masked(weights, rm[:, :, None] & cm[:, None, :]) if dense else _masked(weights, rm)
+    return x2d, x3d, weights
+
+
+def _initial_pose(
+    dense: bool, x2d: Tensor, x3d: Tensor, weights: Tensor, init: str, topk: int | None,
+    threshold: float, iterations: int, generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """RANSAC on the top-k weighted pairs (no gradients)."""
+    with torch.no_grad():
+        if dense:
+            k = topk if topk is not None else min(1000, int(1.5 * x2d.shape[1]))
+            rows, cols, w = top_pairs(weights, k)
+        else:
+            k = min(topk if topk is not None else weights.shape[1], weights.shape[1])
+            w, idx = weights.topk(k, dim=-1)
+            rows = cols = idx
+        x = x2d.gather(1, rows[..., None].expand(-1, -1, 2))
+        X = x3d.gather(1, cols[..., None].expand(-1, -1, 3))
+        # Samples with non-finite candidates are invalid anyway; zeros keep the linear algebra defined.
+        finite = _samples_finite(x, X, w)
+        x, X, w = _zero_samples(x, finite), _zero_samples(X, finite), _zero_samples(w, finite)
+        if init == "opencv":
+            R, t, _ = opencv_ransac(x, X, w, threshold, iterations)
+        elif init == "torch":
+            R, t, _ = torch_ransac(x, X, w, threshold, hypotheses=min(iterations, 512), generator=generator)
+        else:
+            raise ValueError(f"init must be 'opencv' or 'torch', got {init!r}")
+    return R, t
+
+
+def weighted_pnp(
+    x2d: Tensor,
+    x3d: Tensor,
+    weights: Tensor,
+    *,
+    pose_init: tuple[Tensor, Tensor] | None = None,
+    objective: str = "angular",
+    robust: str | None = None,
+    robust_scale: float = 0.01,
+    max_iter: int = 50,
+    tol: float | None = None,
+    init: str = "opencv",
+    topk: int | None = None,
+    ransac_threshold: float = 0.01,
+    ransac_iterations: int = 1000,
+    sparse_topk: int | None = None,
+    row_mask: Tensor | None = None,
+    col_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> PnPResult:
+    """Weighted PnP as a differentiable layer: the pose minimising a weighted 2D-3D objective.
+
+    Forms:
+      - dense: ``x2d`` (B, m, 2), ``x3d`` (B, n, 3), ``weights`` (B, m, n), every pair weighted (a
+        transport plan); each solver iteration costs O(n) after one bmm ``W^T [b | x | 1]``.
+      - paired: ``x2d`` (B, k, 2), ``x3d`` (B, k, 3), ``weights`` (B, k).
+
+    Objectives (per pair, with ``X = R p + t``): "angular" ``1 - b . normalise(X)`` with the bearing
+    ``b = normalise([x; 1])``; "reprojection" ``|pi(X) - x|^2`` in normalised image coordinates.
+    ``robust`` ("huber", "cauchy", "tanh", "geman_mcclure"; scale ``robust_scale`` in the units of a
+    residual, applied to these squared errors as ``rho(e)``, see :mod:`bpnp.nodes.pnp.robust`) needs the
+    paired form; for a dense plan pass ``sparse_topk`` to solve on its ``sparse_topk`` largest pairs,
+    which also removes the bias a diffuse plan puts on the dense objective.
+
+    Gradients of any loss on ``R``, ``t`` and ``objective`` reach ``weights``, ``x2d`` and ``x3d``
+    by implicit differentiation. Samples that are degenerate (all weights zero, fewer than 4 effective
+    correspondences, collinear 3D points, non-finite input, points behind the camera, singular Hessian)
+    get ``valid = False``, finite outputs and exactly zero gradient; a warning is logged once.
+
+    Args:
+        x2d: normalised image coordinates ``K^-1 [u, v, 1]`` (first two entries).
+        x3d: world points.
+        weights: non-negative weights, dense (B, m, n) or paired (B, k).
+        pose_init: ``(R (B, 3, 3), t (B, 3))``, or None to initialise by RANSAC on the top-k pairs.
+        objective: "angular" or "reprojection".
+        robust: robust kernel or None (paired form only).
+        robust_scale: residual scale of the robust kernel.
+        max_iter: Levenberg-Marquardt iterations at most.
+        tol: relative step tolerance (default 1e-12 in float64, 1e-6 otherwise).
+        init: "opencv" (``solvePnPRansac`` per sample, CPU) or "torch" (batched DLT RANSAC, on device).
+        topk: pairs given to RANSAC (default ``min(1000, 1.5 m)`` dense, all pairs paired).
+        ransac_threshold: inlier threshold in normalised image units.
+        ransac_iterations: RANSAC iterations (torch: hypotheses, at most 512).
+        sparse_topk: dense form only: solve on the ``sparse_topk`` largest pairs (paired problem).
+        row_mask: (B, m) bool, False for padded 2D points (paired: padded pairs).
+        col_mask: (B, n) bool, False for padded 3D points (paired: padded pairs).
+        generator: random generator for the torch RANSAC.
+    Returns:
+        :class:`PnPResult`.
+    """
+    dense = _check_shapes(x2d, x3d, weights)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if robust is not None and robust not in ROBUST_KERNELS:
+        raise ValueError(f"robust must be None or one of {ROBUST_KERNELS}, got {robust!r}")
+    if dense and robust is not None and sparse_topk is None:
+        raise ValueError("robust kernels need the paired form: pass sparse_topk for a dense plan")
+    dtype = torch.promote_types(torch.promote_types(x2d.dtype, x3d.dtype), weights.dtype)
+    if not dtype.is_floating_point:
+        raise TypeError(f"inputs must be floating point, got {dtype}")
+    x2d, x3d, weights = x2d.to(dtype), x3d.to(dtype), weights.to(dtype)
+    x2d, x3d, weights = _apply_masks(dense, x2d, x3d, weights, row_mask, col_mask)
+
+    if dense and sparse_topk is not None:
+        rows, cols, _ = top_pairs(weights.detach(), sparse_topk)
+        B, _, n = weights.shape
+        weights = weights.flatten(1).gather(1, rows * n + cols)
+        x2d = x2d.gather(1, rows[..., None].expand(-1, -1, 2))
+        x3d = x3d.gather(1, cols[..., None].expand(-1, -1, 3))
+        dense = False
+
+    if pose_init is None:
+        R0, t0 = _initial_pose(
+            dense, x2d, x3d, weights, init, topk, ransac_threshold, ransac_iterations, generator
+        )
+    else:
+        R0, t0 = (p.detach().to(device=x2d.device, dtype=dtype) for p in pose_init)
+    init_ok = torch.isfinite(R0).all((-1, -2)) & torch.isfinite(t0).all(-1)
+    R0 = torch.where(init_ok[:, None, None], R0, torch.eye(3, dtype=dtype, device=R0.device).expand_as(R0))
+    t0 = torch.where(init_ok[:, None], t0, torch.zeros_like(t0))
+
+    cfg = _Config(dense, objective, robust, robust_scale**2, max_iter, tol)
+    R, t, value, valid, iterations, converged = _WeightedPnP.apply(x2d, x3d, weights, R0, t0, init_ok, cfg)
+    return PnPResult(R, t, value, valid, iterations, converged, R0, t0)

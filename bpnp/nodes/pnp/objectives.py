@@ -1,0 +1,356 @@
+"""Objectives of the weighted PnP layer.
+
+Two views of the same functions:
+
+- :class:`PairedProblem`, the solver's view: ``f = const + sum_k w_k rho(e_k)`` over N pairs, with
+  ``e_k`` the angular error ``1 - b_k . normalise(X_k)`` or the squared reprojection error
+  ``|pi(X_k) - x_k|^2`` of the camera-frame point ``X_k = R p_k + t``. A dense problem collapses to
+  this form exactly (one matrix product, :func:`collapse_dense`), so solver iterations cost O(n).
+- :func:`dense_objective` / :func:`paired_objective`, the backward pass's view: the objective in
+  the inputs (the dense one through ``G = W^T F(x2d)``) and the camera points, differentiable in all.
+
+Local coordinates at a pose ``(R, t)``: ``R(delta) = exp([delta[:3]]_x) R``, ``t(delta) = t + delta[3:]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bpnp.geometry import normalized_to_bearings, skew, so3_exp
+from bpnp.nodes.pnp.robust import robust_rho, robust_second, robust_weight
+
+OBJECTIVES = ("angular", "reprojection")
+
+
+@dataclass
+class PairedProblem:
+    """``f = const + sum_k weight_k rho(e_k(R points_k + t, target_k))``.
+
+    Attributes:
+        objective: "angular" (target: unit bearings (B, N, 3)) or "reprojection" (target: normalised
+            image coordinates (B, N, 2)).
+        points: (B, N, 3) world points.
+        target: (B, N, 3) or (B, N, 2).
+        weight: (B, N) non-negative.
+        const: (B,) the part of the objective that does not depend on the pose.
+        robust: kernel name or None.
+        scale_sq: squared robust scale ``b``.
+    """
+
+    objective: str
+    points: Tensor
+    target: Tensor
+    weight: Tensor
+    const: Tensor
+    robust: str | None = None
+    scale_sq: float = 1.0
+
+
+def safe_normalise(X: Tensor) -> Tensor:
+    """``X / |X|`` over the last axis; 0 (with zero gradient) where ``X = 0``.
+
+    Args:
+        X: (..., 3).
+    Returns:
+        (..., 3).
+    """
+    n2 = (X * X).sum(-1, keepdim=True)
+    ok = n2 > torch.finfo(X.dtype).tiny
+    n = torch.where(ok, n2, torch.ones_like(n2)).sqrt()
+    return torch.where(ok, X / n, torch.zeros_like(X))
+
+
+def safe_project(X: Tensor) -> Tensor:
+    """Perspective division ``X[:2] / X[2]``; 0 where the depth is exactly 0 (zero-weight points only).
+
+    Args:
+        X: (..., 3).
+    Returns:
+        (..., 2).
+    """
+    z = X[..., 2:]
+    ok = z != 0
+    return torch.where(ok, X[..., :2] / torch.where(ok, z, torch.ones_like(z)), torch.zeros_like(X[..., :2]))
+
+
+def pair_errors(objective: str, X: Tensor, target: Tensor) -> Tensor:
+    """Per-pair error ``e_k``: ``1 - b . normalise(X)`` or ``|pi(X) - x|^2``.
+
+    Args:
+        objective: "angular" or "reprojection".
+        X: (B, N, 3) camera-frame points.
+        target: (B, N, 3) unit bearings or (B, N, 2) normalised coordinates.
+    Returns:
+        (B, N).
+    """
+    if objective == "angular":
+        return 1.0 - (target * safe_normalise(X)).sum(-1)
+    return (safe_project(X) - target).pow(2).sum(-1)
+
+
+def local_pose(R: Tensor, t: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """Pose after the local update ``delta``: ``(exp([delta[:3]]_x) R, t + delta[3:])``.
+
+    Args:
+        R: (B, 3, 3).
+        t: (B, 3).
+        delta: (B, 6).
+    Returns:
+        ``(R (B, 3, 3), t (B, 3))``.
+    """
+    return so3_exp(delta[..., :3]) @ R, t + delta[..., 3:]
+
+
+def camera_points(R: Tensor, t: Tensor, p: Tensor) -> Tensor:
+    """``R p + t``: (B, 3, 3), (B, 3), (B, N, 3) -> (B, N, 3)."""
+    return p @ R.transpose(-1, -2) + t[:, None, :]
+
+
+def paired_value(problem: PairedProblem, R: Tensor, t: Tensor) -> Tensor:
+    """Objective value at a pose.
+
+    Args:
+        R: (B, 3, 3).
+        t: (B, 3).
+    Returns:
+        (B,).
+    """
+    e = pair_errors(problem.objective, camera_points(R, t, problem.points), problem.target)
+    return problem.const + (problem.weight * robust_rho(e, problem.robust, problem.scale_sq)).sum(-1)
+
+
+def local_value(problem: PairedProblem, R: Tensor, t: Tensor, delta: Tensor) -> Tensor:
+    """Objective as a function of the local update, for exact second derivatives.
+
+    Args:
+        R: (B, 3, 3).
+        t: (B, 3).
+        delta: (B, 6).
+    Returns:
+        (B,).
+    """
+    Rd, td = local_pose(R, t, delta)
+    return paired_value(problem, Rd, td)
+
+
+def _lift(y: Tensor, a: Tensor) -> Tensor:
+    """``D^T a`` for ``D = dX / d delta = [-[y]_x | I]``: the 6-vector ``(y x a, a)``.
+
+    Args:
+        y: (B, N, 3) rotated points ``R p``.
+        a: (B, N, 3).
+    Returns:
+        (B, N, 6).
+    """
+    y0, y1, y2 = y.unbind(-1)
+    a0, a1, a2 = a.unbind(-1)
+    return torch.stack([y1 * a2 - y2 * a1, y2 * a0 - y0 * a2, y0 * a1 - y1 * a0, a0, a1, a2], dim=-1)
+
+
+def _outer_sum(u: Tensor, v: Tensor, w: Tensor) -> Tensor:
+    """``sum_k w_k u_k v_k^T``: (B, N, 6), (B, N, 6), (B, N) -> (B, 6, 6), one bmm."""
+    return (u * w[..., None]).transpose(-1, -2) @ v
+
+
+def _dtd_sum(y: Tensor, c: Tensor) -> Tensor:
+    """``sum_k c_k D_k^T D_k`` from weighted moments of y,
+    ``D^T D = [[|y|^2 I - y y^T, [y]_x], [-[y]_x, I]]``.
+
+    Args:
+        y: (B, N, 3).
+        c: (B, N).
+    Returns:
+        (B, 6, 6).
+    """
+    m0 = c.sum(-1)
+    m1 = (c[..., None] * y).sum(1)
+    m2 = (y * c[..., None]).transpose(-1, -2) @ y
+    eye = torch.eye(3, dtype=y.dtype, device=y.device)
+    rot = m2.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] * eye - m2
+    k = skew(m1)
+    return torch.cat([torch.cat([rot, k], -1), torch.cat([-k, m0[:, None, None] * eye], -1)], -2)
+
+
+def _rotation_curvature(y: Tensor, lam: Tensor, w: Tensor) -> Tensor:
+    """Second-order term of ``exp([w]_x) y`` in the Hessian: ``sym(A) - tr(A) I`` with
+    ``A = sum_k w_k lambda_k y_k^T``, in the rotation block only.
+
+    Args:
+        y: (B, N, 3).
+        lam: (B, N, 3) ``de/dX``.
+        w: (B, N).
+    Returns:
+        (B, 6, 6).
+    """
+    A = (lam * w[..., None]).transpose(-1, -2) @ y
+    eye = torch.eye(3, dtype=y.dtype, device=y.device)
+    S = 0.5 * (A + A.transpose(-1, -2)) - A.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] * eye
+    return torch.nn.functional.pad(S, (0, 3, 0, 3))
+
+
+def derivatives(
+    problem: PairedProblem, R: Tensor, t: Tensor, exact: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Value, gradient and Hessian in local coordinates at ``(R, t)``, analytic and batched.
+
+    ``exact=False`` gives the Gauss-Newton Hessian (the robust kernel as iteratively reweighted least
+    squares, weights ``w rho'(e)``; positive semi-definite), ``exact=True`` the true Hessian
+    ``sum_k w_k [rho'' g_k g_k^T + rho' (D^T He D + S)]`` with ``g_k = D^T de/dX``, ``He = d2e/dX2`` and
+    ``S`` the curvature of the rotation. Every term is a rank-one sum in the 6-vectors ``D^T a``, so
+    the cost is a few (B, 6, N) x (B, N, 6) products.
+
+    Args:
+        R: (B, 3, 3).
+        t: (B, 3).
+        exact: which Hessian.
+    Returns:
+        ``(f (B,), grad (B, 6), H (B, 6, 6), X (B, N, 3) camera-frame points)``.
+    """
+    y = problem.points @ R.transpose(-1, -2)
+    X = y + t[:, None, :]
+    w, b = problem.weight, problem.target
+    tiny = torch.finfo(X.dtype).tiny
+    if problem.objective == "angular":
+        n2 = (X * X).sum(-1).clamp_min(tiny)
+        n = n2.sqrt()
+        q = X / n[..., None]
+        beta = (b * q).sum(-1)
+        e = 1.0 - beta
+        d = b - beta[..., None] * q  # -n de/dX
+        w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
+        u_q, u_d = _lift(y, q), _lift(y, d)
+        grad = -(u_d * (w1 / n)[..., None]).sum(1)
+        a = w1 / n2
+        if not exact:
+            H = _dtd_sum(y, a) - _outer_sum(u_q, u_q, a)
+        else:
+            # He = [b q^T + q b^T + beta (I - 3 q q^T)] / |X|^2
+            ubq = _outer_sum(_lift(y, b), u_q, a)
+            H = ubq + ubq.transpose(-1, -2) - _outer_sum(u_q, u_q, 3.0 * a * beta) + _dtd_sum(y, a * beta)
+            H = H + _rotation_curvature(y, -d / n[..., None], w1)
+            if problem.robust is not None:
+                w2 = w * robust_second(e, problem.robust, problem.scale_sq)
+                H = H + _outer_sum(u_d, u_d, w2 / n2)
+    else:
+        z = X[..., 2]
+        inv_z = 1.0 / torch.where(z != 0, z, torch.ones_like(z))
+        pi = X[..., :2] * inv_z[..., None]
+        r = pi - b
+        e = r.pow(2).sum(-1)
+        w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
+        zero, one = torch.zeros_like(z), torch.ones_like(z)
+        a0 = torch.stack([one, zero, -pi[..., 0]], -1) * inv_z[..., None]  # d pi_0 / dX
+        a1 = torch.stack([zero, one, -pi[..., 1]], -1) * inv_z[..., None]
+        J0, J1 = _lift(y, a0), _lift(y, a1)
+        lam = 2.0 * (r[..., :1] * a0 + r[..., 1:] * a1)  # de/dX
+        u_l = _lift(y, lam)
+        grad = (u_l * w1[..., None]).sum(1)
+        H = _outer_sum(J0, J0, 2.0 * w1) + _outer_sum(J1, J1, 2.0 * w1)
+        if exact:
+            # second derivatives of pi: d2pi_i/dX_i dz = -1/z^2, d2pi_i/dz2 = 2 pi_i / z^2
+            inv_z2 = inv_z * inv_z
+            c = torch.stack([-r[..., 0] * inv_z2, -r[..., 1] * inv_z2, 2.0 * (r * pi).sum(-1) * inv_z2], -1)
+            u_z = _lift(y, torch.stack([zero, zero, one], -1))
+            uzc = _outer_sum(u_z, _lift(y, c), 2.0 * w1)
+            H = H + uzc + uzc.transpose(-1, -2) - _outer_sum(u_z, u_z, 2.0 * w1 * c[..., 2])
+            H = H + _rotation_curvature(y, lam, w1)
+            if problem.robust is not None:
+                w2 = w * robust_second(e, problem.robust, problem.scale_sq)
+                H = H + _outer_sum(u_l, u_l, w2)
+    f = problem.const + (w * robust_rho(e, problem.robust, problem.scale_sq)).sum(-1)
+    return f, grad, 0.5 * (H + H.transpose(-1, -2)), X
+
+
+def linearize(problem: PairedProblem, R: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`derivatives` with the Gauss-Newton Hessian."""
+    return derivatives(problem, R, t, exact=False)
+
+
+def exact_hessian(problem: PairedProblem, R: Tensor, t: Tensor) -> Tensor:
+    """Exact Hessian (B, 6, 6) in local coordinates at ``(R, t)``."""
+    return derivatives(problem, R, t, exact=True)[2]
+
+
+def dense_features(objective: str, x2d: Tensor) -> Tensor:
+    """Per-2D-point features whose weighted sums ``G = W^T F`` carry a dense objective exactly.
+
+    angular: ``[b, 1]`` (bearing, count); reprojection: ``[x, 1, |x|^2]``.
+
+    Args:
+        x2d: (B, m, 2).
+    Returns:
+        (B, m, 4).
+    """
+    ones = torch.ones_like(x2d[..., :1])
+    if objective == "angular":
+        return torch.cat([normalized_to_bearings(x2d), ones], dim=-1)
+    return torch.cat([x2d, ones, x2d.pow(2).sum(-1, keepdim=True)], dim=-1)
+
+
+def column_mass(objective: str, G: Tensor) -> Tensor:
+    """Column sums ``c = W^T 1`` read off the collapsed features G (B, n, 4) -> (B, n)."""
+    return G[..., 3] if objective == "angular" else G[..., 2]
+
+
+def collapse_dense(objective: str, x3d: Tensor, G: Tensor) -> PairedProblem:
+    """Collapse a dense problem over all (i, j) pairs into one pair per 3D point (exact).
+
+    angular:      ``sum_ij W_ij (1 - b_i . q_j) = sum W - sum_j |g_j| + sum_j |g_j| (1 - g^_j . q_j)``
+                  with ``g = W^T b``;
+    reprojection: ``sum_ij W_ij |pi_j - x_i|^2 = sum_j c_j |pi_j - h_j / c_j|^2 + const`` with
+                  ``c = W^T 1``, ``h = W^T x``.
+
+    Args:
+        x3d: (B, n, 3).
+        G: (B, n, 4) ``W^T dense_features(x2d)`` of non-negative W.
+    Returns:
+        A problem over the n 3D points.
+    """
+    if objective == "angular":
+        g, c = G[..., :3], G[..., 3]
+        g_norm = g.norm(dim=-1)
+        ok = g_norm > 0
+        ez = torch.zeros_like(g)
+        ez[..., 2] = 1.0
+        target = torch.where(ok[..., None], g / torch.where(ok, g_norm, 1.0)[..., None], ez)
+        return PairedProblem(objective, x3d, target, g_norm, c.sum(-1) - g_norm.sum(-1))
+    h, c, s = G[..., :2], G[..., 2], G[..., 3]
+    ok = c > 0
+    c_safe = torch.where(ok, c, torch.ones_like(c))
+    target = torch.where(ok[..., None], h / c_safe[..., None], torch.zeros_like(h))
+    const = s.sum(-1) - torch.where(ok, h.pow(2).sum(-1) / c_safe, torch.zeros_like(c)).sum(-1)
+    return PairedProblem(objective, x3d, target, torch.where(ok, c, torch.zeros_like(c)), const)
+
+
+def dense_objective(objective: str, G: Tensor, X: Tensor) -> Tensor:
+    """Dense objective from the collapsed features, polynomial in G (so smooth for the backward).
+
+    Args:
+        G: (B, n, 4) ``W^T dense_features(x2d)``.
+        X: (B, n, 3) camera-frame points.
+    Returns:
+        (B,).
+    """
+    if objective == "angular":
+        return G[..., 3].sum(-1) - (G[..., :3] * safe_normalise(X)).sum((-1, -2))
+    pi = safe_project(X)
+    return (G[..., 2] * pi.pow(2).sum(-1) - 2.0 * (G[..., :2] * pi).sum(-1) + G[..., 3]).sum(-1)
+
+
+def paired_objective(
+    objective: str, robust: str | None, scale_sq: float, x2d: Tensor, X: Tensor, w: Tensor
+) -> Tensor:
+    """Paired objective in the raw inputs: ``sum_k w_k rho(e_k)``.
+
+    Args:
+        x2d: (B, k, 2).
+        X: (B, k, 3) camera-frame points.
+        w: (B, k).
+    Returns:
+        (B,).
+    """
+    target = normalized_to_bearings(x2d) if objective == "angular" else x2d
+    return (w * robust_rho(pair_errors(objective, X, target), robust, scale_sq)).sum(-1)

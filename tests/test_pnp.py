@@ -1,0 +1,328 @@
+"""Weighted PnP layer: accuracy against known poses and OpenCV, implicit gradients by finite
+differences, RANSAC with outliers, degenerate samples."""
+
+import logging
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from bpnp.geometry import axis_angle_to_matrix, matrix_to_axis_angle, rotation_error_deg
+from bpnp.nodes import PnPResult, weighted_pnp
+from bpnp.nodes.pnp import checks
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # The solver runs many tiny batched ops; on a shared 2-core machine one thread avoids OpenMP
+    # contention that otherwise dominates the run time. Restored afterwards.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_scene(B: int, n: int, *, noise: float = 0.0, seed: int = 0, dtype=F64):
+    """Random poses looking at points in [-1, 1]^3 about 6 units away; 2D points in normalised units."""
+    g = torch.Generator().manual_seed(seed)
+    R = axis_angle_to_matrix(torch.randn(B, 3, generator=g, dtype=F64))
+    t = torch.randn(B, 3, generator=g, dtype=F64) * 0.3 + torch.tensor([0.0, 0.0, 6.0], dtype=F64)
+    X = torch.rand(B, n, 3, generator=g, dtype=F64) * 2 - 1
+    Xc = X @ R.mT + t[:, None]
+    x = Xc[..., :2] / Xc[..., 2:] + noise * torch.randn(B, n, 2, generator=g, dtype=F64)
+    return x.to(dtype), X.to(dtype), R.to(dtype), t.to(dtype)
+
+
+def reprojection_objective_np(R: np.ndarray, t: np.ndarray, x: np.ndarray, X: np.ndarray) -> float:
+    """Independent evaluation: sum of squared distances in the normalised image plane."""
+    Xc = X @ R.T + t
+    return float(((Xc[:, :2] / Xc[:, 2:] - x) ** 2).sum())
+
+
+@pytest.mark.parametrize("objective", ["angular", "reprojection"])
+@pytest.mark.parametrize("form", ["paired", "dense"])
+def test_noise_free_pose_recovered(objective, form):
+    x, X, R, t = make_scene(4, 30, seed=1)
+    if form == "dense":
+        # one-hot weights under a random permutation of the 2D points
+        perm = torch.stack([torch.randperm(30, generator=torch.Generator().manual_seed(b)) for b in range(4)])
+        x = x.gather(1, perm[..., None].expand(-1, -1, 2))
+        W = torch.zeros(4, 30, 30, dtype=F64)
+        W.scatter_(2, perm[..., None], 1.0)
+    else:
+        W = torch.rand(4, 30, dtype=F64) + 0.5
+    res = weighted_pnp(x, X, W, objective=objective)
+    assert isinstance(res, PnPResult)
+    assert res.valid.all() and res.converged.all()
+    assert (rotation_error_deg(res.R, R) * math.pi / 180).max() < 1e-9
+    assert (res.t - t).abs().max() < 1e-9
+    assert res.objective.abs().max() < 1e-12
+
+
+def test_noisy_objective_no_worse_than_opencv_iterative():
+    B, n = 6, 40
+    x, X, _, _ = make_scene(B, n, noise=0.01, seed=2)
+    res = weighted_pnp(x, X, torch.ones(B, n, dtype=F64), objective="reprojection")
+    assert res.valid.all()
+    for b in range(B):
+        Xb, xb = X[b].numpy(), x[b].numpy()
+        ok, rvec, tvec = cv2.solvePnP(Xb, xb, np.eye(3), None, flags=cv2.SOLVEPNP_ITERATIVE)
+        assert ok
+        f_cv = reprojection_objective_np(cv2.Rodrigues(rvec)[0], tvec.ravel(), xb, Xb)
+        f_ours = reprojection_objective_np(res.R[b].numpy(), res.t[b].numpy(), xb, Xb)
+        assert f_ours <= f_cv * (1 + 1e-9)
+        assert abs(res.objective[b].item() - f_ours) <= 1e-12 * max(f_ours, 1.0)
+
+
+GRAD_CASES = [("dense", obj, None) for obj in ("angular", "reprojection")] + [
+    ("paired", obj, rob)
+    for obj in ("angular", "reprojection")
+    for rob in (None, "huber", "cauchy", "tanh", "geman_mcclure")
+]
+
+
+@pytest.mark.parametrize("form,objective,robust", GRAD_CASES)
+def test_gradcheck(form, objective, robust):
+    n = 8
+    x, X, R, t = make_scene(1, n, noise=0.003, seed=3)
+    g = torch.Generator().manual_seed(4)
+    if form == "dense":
+        W = torch.rand(1, n, n, generator=g, dtype=F64) + 0.1 + 4 * torch.eye(n, dtype=F64)
+    else:
+        W = torch.rand(1, n, generator=g, dtype=F64) + 0.5
+    # A robust scale near the noise level puts some residuals past the knee / in the down-weighted range.
+    scale = 0.003
+
+    def fn(x2d, x3d, w):
+        kw = dict(objective=objective, robust=robust, robust_scale=scale)
+        r = weighted_pnp(x2d, x3d, w, pose_init=(R, t), **kw)
+        assert r.valid.all() and r.converged.all()
+        return r.R, r.t, r.objective
+
+    inputs = tuple(v.clone().requires_grad_() for v in (x, X, W))
+    assert gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["opencv", "torch"])
+def test_ransac_with_half_wrong_pairs(init):
+    B, k = 3, 200
+    x, X, R, t = make_scene(B, k, noise=0.0005, seed=5)
+    g = torch.Generator().manual_seed(6)
+    wrong = torch.arange(k) % 2 == 1
+    x = torch.where(wrong[None, :, None], torch.rand(B, k, 2, generator=g, dtype=F64) * 0.4 - 0.2, x)
+    w = torch.rand(B, k, generator=g, dtype=F64) * 0.5 + 0.5
+    res = weighted_pnp(
+        x, X, w, objective="reprojection", robust="tanh", robust_scale=0.003, init=init,
+        generator=torch.Generator().manual_seed(7),
+    )  # fmt: skip
+    assert res.valid.all()
+    assert rotation_error_deg(res.R, R).max() < 0.1
+    assert (res.t - t).norm(dim=-1).max() < 0.02
+
+
+@pytest.mark.parametrize("init", ["opencv", "torch"])
+def test_dense_plan_half_wrong_top_pairs_sparse_robust(init):
+    B, n = 2, 100
+    x, X, R, t = make_scene(B, n, noise=0.0005, seed=8)
+    g = torch.Generator().manual_seed(9)
+    W = torch.rand(B, n, n, generator=g, dtype=F64) * 1e-4
+    idx = torch.arange(n)
+    W[:, idx, idx] += 1.0 * (idx % 2 == 0)  # true matches for half of the points
+    W[:, idx, (idx + 7) % n] += 1.0 * (idx % 2 == 1)  # wrong matches, as heavy, for the other half
+    res = weighted_pnp(
+        x, X, W, objective="reprojection", robust="tanh", robust_scale=0.003, init=init, topk=100,
+        sparse_topk=100, generator=torch.Generator().manual_seed(10),
+    )  # fmt: skip
+    assert res.valid.all()
+    assert rotation_error_deg(res.R, R).max() < 0.1
+
+
+def test_paired_angular_equals_dense_diagonal():
+    x, X, R, t = make_scene(3, 20, noise=0.01, seed=11)
+    w = torch.rand(3, 20, dtype=F64) + 0.2
+    a = weighted_pnp(x, X, w, pose_init=(R, t))
+    b = weighted_pnp(x, X, torch.diag_embed(w), pose_init=(R, t))
+    torch.testing.assert_close(a.R, b.R, atol=1e-10, rtol=0)
+    torch.testing.assert_close(a.t, b.t, atol=1e-10, rtol=0)
+    torch.testing.assert_close(a.objective, b.objective, atol=1e-12, rtol=1e-10)
+
+
+def test_masks_match_unpadded_solve():
+    x, X, R, t = make_scene(2, 12, noise=0.005, seed=12)
+    W = torch.rand(2, 12, 12, dtype=F64) + 3 * torch.eye(12, dtype=F64)
+    full = weighted_pnp(x[:1, :9], X[:1, :10], W[:1, :9, :10], pose_init=(R[:1], t[:1]))
+    row_mask = torch.arange(12) < torch.tensor([[9], [12]])
+    col_mask = torch.arange(12) < torch.tensor([[10], [12]])
+    x_pad = torch.where(row_mask[..., None], x, torch.nan)  # padding may hold anything
+    padded = weighted_pnp(x_pad, X, W, pose_init=(R, t), row_mask=row_mask, col_mask=col_mask)
+    assert padded.valid.all()
+    torch.testing.assert_close(padded.R[:1], full.R, atol=1e-12, rtol=0)
+    torch.testing.assert_close(padded.t[:1], full.t, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference"])
+def test_dtypes_and_grad_modes(dtype, mode):
+    x, X, R, t = make_scene(2, 50, noise=0.0, seed=13, dtype=dtype)
+    W = (torch.eye(50, dtype=dtype) + 1e-3 * torch.rand(50, 50, dtype=dtype)).expand(2, -1, -1).clone()
+    ctx = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference": torch.inference_mode}[mode]
+    with ctx():
+        W_in = W.requires_grad_() if mode == "grad" else W
+        res = weighted_pnp(x, X, W_in, init="torch", generator=torch.Generator().manual_seed(0))
+    assert res.R.dtype == dtype and res.t.dtype == dtype
+    assert res.valid.all()
+    assert rotation_error_deg(res.R, R).max() < 0.5  # the diffuse mass biases the dense objective a little
+    if mode == "grad":
+        res.t.sum().backward()
+        assert W.grad is not None and torch.isfinite(W.grad).all()
+
+
+def test_gradient_of_pose_loss_matches_finite_difference_through_weights():
+    # An independent first-order check on a larger problem than gradcheck's: a loss on the pose,
+    # perturbed along a random weight direction.
+    x, X, R, t = make_scene(1, 30, noise=0.01, seed=14)
+    W = torch.rand(1, 30, 30, dtype=F64) * 0.05 + torch.eye(30, dtype=F64)
+    D = torch.randn_like(W)
+
+    def loss(w):
+        r = weighted_pnp(x, X, w, pose_init=(R, t))
+        rot = matrix_to_axis_angle(r.R) * torch.tensor([1.0, -2.0, 3.0], dtype=F64)
+        return rot.sum() + r.t.pow(2).sum()
+
+    Wg = W.clone().requires_grad_()
+    loss(Wg).backward()
+    eps = 1e-6
+    fd = (loss(W + eps * D) - loss(W - eps * D)) / (2 * eps)
+    assert abs((Wg.grad * D).sum().item() - fd.item()) <= 1e-6 * max(1.0, abs(fd.item()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate samples next to a normal one: flagged, exactly zero gradient, the normal one unchanged.
+
+
+def _degenerate(kind: str):
+    """A paired batch [normal, degenerate] (angular objective unless stated) and its pose_init."""
+    x, X, R, t = make_scene(2, 10, noise=0.003, seed=15)
+    w = torch.rand(2, 10, dtype=F64) + 0.5
+    objective = "angular"
+    if kind == "zero_weights":
+        w[1] = 0.0
+    elif kind == "three_pairs":
+        w[1, 3:] = 0.0
+    elif kind == "collinear":
+        s = torch.linspace(-1, 1, 10, dtype=F64)
+        X[1] = torch.stack([s, 0.5 * s, 0.2 * s], -1)
+    elif kind in ("nan_x2d", "inf_x3d", "nan_weights"):
+        target = {"nan_x2d": x, "inf_x3d": X, "nan_weights": w}[kind]
+        target[1, 2] = math.nan if kind != "inf_x3d" else math.inf
+    elif kind == "behind_camera":
+        objective = "reprojection"
+        t[1, 2] = -6.0  # every point at negative depth; its "projections" are consistent with that pose
+        Xc = X[1] @ R[1].T + t[1]
+        x[1] = Xc[:, :2] / Xc[:, 2:]
+    elif kind == "singular_hessian":
+        # all 10 pairs look along one bearing: the camera distance is unconstrained
+        x[1] = x[1, :1].expand(10, 2)
+        X[1] = X[1, :1] + torch.linspace(0, 1, 10, dtype=F64)[:, None] * torch.randn(1, 3, dtype=F64)
+        X[1, :, 2] += 0.3 * torch.rand(10, dtype=F64)
+    else:
+        raise ValueError(kind)
+    return x, X, w, (R, t), objective
+
+
+DEGENERATE = [
+    "zero_weights",
+    "three_pairs",
+    "collinear",
+    "nan_x2d",
+    "inf_x3d",
+    "nan_weights",
+    "behind_camera",
+    "singular_hessian",
+]
+
+
+REASON = {
+    "zero_weights": "all weights zero",
+    "three_pairs": "fewer than 4 effective correspondences",
+    "collinear": "collinear 3D points",
+    "nan_x2d": "non-finite input",
+    "inf_x3d": "non-finite input",
+    "nan_weights": "non-finite input",
+    "behind_camera": "points behind the camera",
+    "singular_hessian": "singular Hessian",
+}
+
+
+@pytest.mark.parametrize("kind", DEGENERATE)
+def test_degenerate_sample_in_batch(kind, caplog, monkeypatch):
+    monkeypatch.setattr(checks, "_warned", set())
+    x, X, w, (R, t), objective = _degenerate(kind)
+    inputs = [v.clone().requires_grad_() for v in (x, X, w)]
+    with caplog.at_level(logging.WARNING, logger="bpnp.nodes.pnp"):
+        res = weighted_pnp(*inputs, pose_init=(R, t), objective=objective)
+    assert res.valid.tolist() == [True, False]
+    assert [r.getMessage() for r in caplog.records if REASON[kind] in r.getMessage()]
+    for out in (res.R, res.t, res.objective):
+        assert torch.isfinite(out).all()
+    (res.R.sum() + res.t.sum() + res.objective.sum()).backward()
+
+    alone_inputs = [v[:1].clone().requires_grad_() for v in (x, X, w)]
+    alone = weighted_pnp(*alone_inputs, pose_init=(R[:1], t[:1]), objective=objective)
+    (alone.R.sum() + alone.t.sum() + alone.objective.sum()).backward()
+    torch.testing.assert_close(res.R[:1], alone.R, atol=0, rtol=0)
+    torch.testing.assert_close(res.t[:1], alone.t, atol=0, rtol=0)
+    for v, a in zip(inputs, alone_inputs, strict=True):
+        assert torch.equal(v.grad[1], torch.zeros_like(v.grad[1]))
+        torch.testing.assert_close(v.grad[:1], a.grad, atol=1e-12, rtol=1e-10)
+
+
+def test_degenerate_dense_sample_with_ransac_init():
+    x, X, R, t = make_scene(2, 40, seed=16)
+    W = torch.eye(40, dtype=F64).expand(2, -1, -1).clone()
+    W[1, 5, 5] = math.nan
+    W.requires_grad_()
+    res = weighted_pnp(x, X, W)
+    assert res.valid.tolist() == [True, False]
+    assert rotation_error_deg(res.R[:1], R[:1]).item() < 1e-6
+    res.R.sum().backward()
+    assert torch.equal(W.grad[1], torch.zeros_like(W.grad[1])) and torch.isfinite(W.grad).all()
+
+
+def test_degenerate_warning_logged_once(caplog, monkeypatch):
+    monkeypatch.setattr(checks, "_warned", set())
+    x, X, w, pose, objective = _degenerate("zero_weights")
+    with caplog.at_level(logging.WARNING, logger="bpnp.nodes.pnp"):
+        for _ in range(3):
+            weighted_pnp(x, X, w, pose_init=pose, objective=objective)
+    msgs = [r for r in caplog.records if "all weights zero" in r.getMessage()]
+    assert len(msgs) == 1
+
+
+def test_invalid_arguments():
+    x, X, _, _ = make_scene(1, 8)
+    with pytest.raises(ValueError):
+        weighted_pnp(x, X, torch.ones(1, 8, 8, dtype=F64), robust="huber")  # dense needs sparse_topk
+    with pytest.raises(ValueError):
+        weighted_pnp(x, X, torch.ones(1, 7, dtype=F64))
+    with pytest.raises(ValueError):
+        weighted_pnp(x, X, torch.ones(1, 8, dtype=F64), objective="euclidean")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x, X, R, t = make_scene(2, 30, noise=0.003, seed=17)
+    W = torch.rand(2, 30, 30, dtype=F64) * 0.01 + torch.eye(30, dtype=F64)
+    cpu = weighted_pnp(x, X, W.clone().requires_grad_(), pose_init=(R, t))
+    Wc = W.cuda().requires_grad_()
+    gpu = weighted_pnp(x.cuda(), X.cuda(), Wc, pose_init=(R.cuda(), t.cuda()))
+    torch.testing.assert_close(gpu.R.cpu(), cpu.R, atol=1e-10, rtol=0)
+    gpu.t.sum().backward()
+    assert torch.isfinite(Wc.grad).all()
+    res = weighted_pnp(x.cuda(), X.cuda(), W.cuda(), init="torch")
+    assert res.valid.all() and res.R.device.type == "cuda"
