@@ -1,5 +1,6 @@
 """Weighted DLT pose: exact on noise-free data, weights select the pairs, batched."""
 
+import pytest
 import torch
 
 from bpnp.geometry import axis_angle_to_matrix, rotation_error_deg
@@ -17,9 +18,10 @@ def _scene(shape: tuple[int, ...], n: int, seed: int = 0):
     return Xc[..., :2] / Xc[..., 2:], X, R, t
 
 
-def test_dlt_exact_on_six_points_batched():
+@pytest.mark.parametrize("fix_depth", [False, True])
+def test_dlt_exact_on_six_points_batched(fix_depth):
     x, X, R, t = _scene((3, 4), 6)
-    R_est, t_est = dlt_pose(x, X)
+    R_est, t_est = camera_matrix_to_pose(dlt_camera_matrix(x, X, fix_depth=fix_depth))
     assert R_est.shape == (3, 4, 3, 3) and t_est.shape == (3, 4, 3)
     assert rotation_error_deg(R_est, R).max() < 1e-7
     torch.testing.assert_close(t_est, t, atol=1e-8, rtol=0)

@@ -27,16 +27,20 @@ def _normalise_points(X: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return (X - c[..., None, :]) / s[..., None, None], c, s
 
 
-def dlt_camera_matrix(x: Tensor, X: Tensor, w: Tensor | None = None) -> Tensor:
+def dlt_camera_matrix(x: Tensor, X: Tensor, w: Tensor | None = None, fix_depth: bool = False) -> Tensor:
     """Weighted DLT estimate of the 3x4 camera matrix with ``x ~ P [X; 1]``.
 
-    Minimises ``sum_k w_k |A_k vec(P)|^2`` over ``|P| = 1`` (algebraic error); the sign is chosen so
-    that the left 3x3 block has a positive determinant.
+    Minimises ``sum_k w_k |A_k vec(P)|^2`` (algebraic error) over ``|P| = 1`` (an eigenvector of
+    the 12x12 normal matrix), or, with ``fix_depth``, over ``P[2, 3] = 1`` (an 11x11 linear solve,
+    several times faster for many small problems). ``P[2, 3]`` is the depth of the points' weighted
+    centroid in the conditioned frame, so the constraint is safe whenever the points lie in front
+    of the camera. The sign is chosen so that the left 3x3 block has a positive determinant.
 
     Args:
         x: (..., N, 2) normalised image coordinates.
         X: (..., N, 3) world points.
         w: (..., N) non-negative weights, or None for all ones.
+        fix_depth: normalise by ``P[2, 3] = 1`` instead of ``|P| = 1``.
     Returns:
         (..., 3, 4).
     """
@@ -51,8 +55,11 @@ def dlt_camera_matrix(x: Tensor, X: Tensor, w: Tensor | None = None) -> Tensor:
     A = torch.cat([rows_u, rows_v], dim=-2)  # (..., 2N, 12)
     wa = torch.cat([w, w], dim=-1)
     normal = (A * wa[..., None]).transpose(-1, -2) @ A  # (..., 12, 12)
-    _, vecs = torch.linalg.eigh(normal)
-    Pn = vecs[..., 0].unflatten(-1, (3, 4))
+    if fix_depth:
+        sol = torch.linalg.solve_ex(normal[..., :11, :11], -normal[..., :11, 11:])[0]
+        Pn = torch.cat([sol.squeeze(-1), torch.ones_like(sol[..., 0, :])], dim=-1).unflatten(-1, (3, 4))
+    else:
+        Pn = torch.linalg.eigh(normal)[1][..., 0].unflatten(-1, (3, 4))
     # Undo the conditioning: P [X; 1] = Pn [(X - c) / s; 1].
     M = Pn[..., :3] / s[..., None, None]
     p4 = Pn[..., 3] - (M @ c[..., None]).squeeze(-1)

@@ -175,7 +175,7 @@ def torch_ransac(
         return xs, Xs
 
     xs, Xs = gather_pairs(draw((hypotheses, sample_size)))
-    P = dlt_camera_matrix(xs, Xs)  # (B, H, 3, 4)
+    P = dlt_camera_matrix(xs, Xs, fix_depth=True)  # (B, H, 3, 4)
     P = torch.where(torch.isfinite(P), P, torch.zeros_like(P))
     # Cheap pre-scoring on a random subset of pairs, then full scoring of the best few.
     sub = draw((min(prescore_pairs, k),))
