@@ -58,17 +58,17 @@ def singular(H: Tensor) -> Tensor:
     return ~finite | (ev[:, 0] <= tol * ev[:, -1].abs().clamp_min(torch.finfo(H.dtype).tiny))
 
 
-def behind_camera(problem: PairedProblem, X: Tensor) -> Tensor:
+def behind_camera(problem: PairedProblem, depth: Tensor) -> Tensor:
     """Cheirality at the solution. Reprojection: any weighted point at non-positive depth. Angular
     (defined for any direction): more than half the weight behind the camera, a mirrored solution.
 
     Args:
-        X: (B, N, 3) camera-frame points at the solution.
+        depth: (B, N) camera-frame depths at the solution.
     Returns:
         (B,) bool.
     """
     w = problem.weight
-    back = X[..., 2] <= 0
+    back = depth <= 0
     if problem.objective == "reprojection":
         return ((w > 0) & back).any(-1)
     return (w * back).sum(-1) > 0.5 * w.sum(-1)

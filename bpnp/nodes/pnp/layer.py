@@ -117,7 +117,7 @@ class _WeightedPnP(torch.autograd.Function):
         sol = levenberg_marquardt(problem, R0, t0, active, cfg.max_iter, cfg.tol)
         ok = torch.isfinite(sol.R).all((-1, -2)) & torch.isfinite(sol.t).all(-1) & torch.isfinite(sol.value)
         reasons["non-finite solution"] = active & ~ok
-        reasons["points behind the camera"] = active & ok & behind_camera(problem, sol.X)
+        reasons["points behind the camera"] = active & ok & behind_camera(problem, sol.depth)
         reasons["singular Hessian"] = active & ok & singular(sol.hessian)
         valid = active & ok & ~reasons["points behind the camera"] & ~reasons["singular Hessian"]
         warn_once(reasons)

@@ -26,7 +26,7 @@ class SolverResult:
         value: (B,) objective value.
         grad: (B, 6) gradient in local coordinates.
         hessian: (B, 6, 6) exact Hessian in local coordinates.
-        X: (B, N, 3) camera-frame points.
+        depth: (B, N) camera-frame depths of the points.
         iterations: (B,) accepted and rejected LM iterations used.
         converged: (B,) bool.
     """
@@ -36,7 +36,7 @@ class SolverResult:
     value: Tensor
     grad: Tensor
     hessian: Tensor
-    X: Tensor
+    depth: Tensor
     iterations: Tensor
     converged: Tensor
 
@@ -46,11 +46,11 @@ def default_tolerance(dtype: torch.dtype) -> float:
     return 1e-12 if dtype == torch.float64 else 1e-6
 
 
-def _behind(problem: PairedProblem, X: Tensor) -> Tensor:
+def _behind(problem: PairedProblem, depth: Tensor) -> Tensor:
     """Reprojection only: does a weighted point have non-positive depth? (B,) bool."""
     if problem.objective != "reprojection":
-        return torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
-    return ((problem.weight > 0) & (X[..., 2] <= 0)).any(-1)
+        return torch.zeros(depth.shape[0], dtype=torch.bool, device=depth.device)
+    return ((problem.weight > 0) & (depth <= 0)).any(-1)
 
 
 def _damped_step(H: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
@@ -86,7 +86,7 @@ class _State:
     f: Tensor
     grad: Tensor
     H: Tensor
-    X: Tensor
+    depth: Tensor
 
     def where(self, cond: Tensor, other: _State) -> _State:
         """Per sample: ``other`` where ``cond`` (B,), else self."""
@@ -97,7 +97,7 @@ class _State:
             torch.where(c1, other.f, self.f),
             torch.where(c2, other.grad, self.grad),
             torch.where(c3, other.H, self.H),
-            torch.where(c3, other.X, self.X),
+            torch.where(c2, other.depth, self.depth),
         )
 
 
@@ -127,7 +127,7 @@ def _lm_phase(
             break
         step = _damped_step(state.H, state.grad, lam)
         trial = _evaluate(problem, *local_pose(state.R, state.t, step), exact)
-        ok = torch.isfinite(trial.f) & ~_behind(problem, trial.X)
+        ok = torch.isfinite(trial.f) & ~_behind(problem, trial.depth)
         lower = trial.f < state.f
         level = (trial.f <= state.f + slack) & (trial.grad.norm(dim=-1) < state.grad.norm(dim=-1))
         accept = running & ok & (lower | level)
@@ -168,11 +168,11 @@ def levenberg_marquardt(
     """
     tol = default_tolerance(R.dtype) if tol is None else tol
     state = _evaluate(problem, R, t, exact=False)
-    running = active & torch.isfinite(state.f) & ~_behind(problem, state.X)
+    running = active & torch.isfinite(state.f) & ~_behind(problem, state.depth)
     state, _, it_gn = _lm_phase(problem, state, running, False, max(tol, 1e-4), max_iter)
     state = _evaluate(problem, state.R, state.t, exact=True)
     budget = max(max_iter - int(it_gn.max()), 5)
     state, converged, it_newton = _lm_phase(problem, state, running, True, tol, budget)
     return SolverResult(
-        state.R, state.t, state.f, state.grad, state.H, state.X, it_gn + it_newton, converged & active
+        state.R, state.t, state.f, state.grad, state.H, state.depth, it_gn + it_newton, converged & active
     )
