@@ -1,0 +1,27 @@
+"""The ``bpnp`` command: ``fit | validate | test | predict`` (LightningCLI), ``evaluate`` and
+``visualise`` (pose-accuracy tables and pictures), ``prepare`` (cache a data source)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    if command == "evaluate":
+        from bpnp.evaluation.cli import evaluate_main
+
+        evaluate_main(argv[1:])
+    elif command in ("visualise", "visualize"):
+        from bpnp.viz.cli import visualise_main
+
+        visualise_main(argv[1:])
+    else:
+        from bpnp.training.cli import cli_main
+
+        cli_main(argv)
+
+
+if __name__ == "__main__":
+    main()

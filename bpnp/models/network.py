@@ -1,0 +1,249 @@
+"""The blind-PnP network (BPnPNet's pipeline):
+
+    pixels --K^-1--> bearings --encoder2d--> f (B, m, D)
+    3D points (centred, scaled) --encoder3d--> g (B, n, D)
+    [optional cross-attention between the sets]
+    M = ||f_i - g_j||  (B, m, n)  --Sinkhorn (+ dustbin)-->  P
+    top-k of P --RANSAC--> initial pose --weighted PnP on P--> (R, t)
+
+Every stage can be switched off for ablations (``use_pnp=False`` returns the RANSAC pose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
+from bpnp.models.encoders import CrossAttention, PointEncoder
+from bpnp.nodes import Sinkhorn, weighted_pnp
+
+
+@dataclass
+class NetworkOutput:
+    """Everything one forward pass produces.
+
+    Attributes:
+        P: (B, m, n) transport plan between real points (dustbin row / column removed).
+        P_full: (B, m + 1, n + 1) with the dustbin, else the same tensor as ``P``.
+        M: (B, m, n) cost matrix.
+        R, t: (B, 3, 3), (B, 3) pose (PnP layer output, or the RANSAC pose without the layer).
+        R_init, t_init: RANSAC initial pose (not differentiable).
+        valid: (B,) bool, the pose stage succeeded.
+        x2d: (B, m, 2) normalised image coordinates used by the pose stage.
+    """
+
+    P: Tensor
+    P_full: Tensor
+    M: Tensor
+    R: Tensor | None = None
+    t: Tensor | None = None
+    R_init: Tensor | None = None
+    t_init: Tensor | None = None
+    valid: Tensor | None = None
+    x2d: Tensor | None = None
+
+
+def normalise_cloud(points: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Centre 3D points on their valid mean and scale them to unit RMS radius.
+
+    Args:
+        points: (B, n, 3); mask: (B, n) bool.
+    Returns:
+        normalised points (B, n, 3) (zero at padding), centre (B, 3), scale (B,).
+    """
+    w = mask[..., None].to(points.dtype)
+    count = w.sum(1).clamp_min(1.0)
+    centre = (points * w).sum(1) / count
+    d2 = (((points - centre[:, None]) ** 2).sum(-1, keepdim=True) * w).sum(1) / count
+    scale = d2.squeeze(-1).sqrt().clamp_min(1e-9)
+    return (points - centre[:, None]) / scale[:, None, None] * w, centre, scale
+
+
+def topk_matches(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` largest entries of each plan.
+
+    Args:
+        P: (B, m, n).
+    Returns:
+        rows (B, k), cols (B, k) int64 and scores (B, k), in decreasing score.
+    """
+    B, m, n = P.shape
+    scores, flat = P.flatten(1).topk(min(k, m * n), dim=1)
+    return flat // n, flat % n, scores
+
+
+@dataclass
+class NetConfig:
+    """Hyper-parameters of :class:`BlindPnPNet` (one place, so configs and checkpoints validate them).
+
+    Attributes:
+        feature_dim, channels, blocks: encoder sizes (BPnPNet: 128, 128, 12).
+        knn: neighbours of the local-geometry features in both encoders (0: BPnPNet's pointwise design).
+        attention_layers: self/cross-attention layers between the sets (0: none, as BPnPNet).
+        learn_temperature: scale the cost by a learnable positive factor.
+        dustbin: append a learnable dustbin score (outlier bin) to the Sinkhorn layer.
+        dustbin_init: its initial cost.
+        gamma, sinkhorn_iters, sinkhorn_tol, sinkhorn_backward: Sinkhorn layer settings.
+        cost_clip: costs are clipped at this value (BPnPNet: 5).
+        use_pnp: run the weighted PnP layer (else the pose is RANSAC's on the top-k pairs).
+        pnp_objective, pnp_sparse_topk, pnp_max_iter: PnP layer settings; ``pnp_sparse_topk`` solves on
+            the largest pairs of P only, which removes the bias of a diffuse plan.
+        ransac_init: "opencv" or "torch"; ``ransac_threshold`` and ``ransac_iterations`` as BPnPNet.
+        topk_factor: RANSAC gets ``min(1000, topk_factor * m)`` pairs.
+    """
+
+    feature_dim: int = 128
+    channels: int = 128
+    blocks: int = 12
+    knn: int = 0
+    attention_layers: int = 0
+    learn_temperature: bool = False
+    dustbin: bool = False
+    dustbin_init: float = 1.0
+    gamma: float = 10.0
+    sinkhorn_iters: int = 100
+    sinkhorn_tol: float = 1e-6
+    sinkhorn_backward: str = "implicit"
+    cost_clip: float = 5.0
+    use_pnp: bool = True
+    pnp_objective: str = "angular"
+    pnp_sparse_topk: int | None = None
+    pnp_max_iter: int = 30
+    ransac_init: str = "opencv"
+    ransac_threshold: float = 0.01
+    ransac_iterations: int = 1000
+    topk_factor: float = 1.5
+
+
+class BlindPnPNet(nn.Module):
+    """Encoders + cost head + Sinkhorn + RANSAC + weighted PnP, configured by :class:`NetConfig`."""
+
+    def __init__(self, config: NetConfig | None = None):
+        super().__init__()
+        self.config = c = config or NetConfig()
+        self.encoder2d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
+        self.encoder3d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
+        self.attention = (
+            CrossAttention(c.feature_dim, layers=c.attention_layers) if c.attention_layers > 0 else None
+        )
+        self.log_temperature = nn.Parameter(torch.zeros(())) if c.learn_temperature else None
+        dustbin_init = c.dustbin_init if c.dustbin else None
+        self.sinkhorn = Sinkhorn(c.gamma, c.sinkhorn_iters, c.sinkhorn_tol, c.sinkhorn_backward, dustbin_init)
+
+    def topk(self, m: int) -> int:
+        return max(4, min(1000, int(self.config.topk_factor * m)))
+
+    def features(
+        self, bearings: Tensor, points3d: Tensor, mask2d: Tensor, mask3d: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Unit features (B, m, D) and (B, n, D) of bearings (B, m, 3) and world points (B, n, 3)."""
+        p3, _, _ = normalise_cloud(points3d, mask3d)
+        f, g = self.encoder2d(bearings, mask2d), self.encoder3d(p3, mask3d)
+        if self.attention is not None:
+            f, g = self.attention(f, g, mask2d, mask3d)
+            f = nn.functional.normalize(f, dim=-1) * mask2d[..., None].to(f.dtype)
+            g = nn.functional.normalize(g, dim=-1) * mask3d[..., None].to(g.dtype)
+        return f, g
+
+    def cost(self, f: Tensor, g: Tensor) -> Tensor:
+        """Pairwise feature distances (B, m, n) in [0, 2], optionally scaled, clipped at ``cost_clip``."""
+        # ||f - g||^2 = 2 - 2 f.g for unit features; the clamp keeps sqrt differentiable at 0.
+        M = (2.0 - 2.0 * f @ g.transpose(1, 2)).clamp_min(1e-12).sqrt()
+        if self.log_temperature is not None:
+            M = M * self.log_temperature.exp()
+        return M.clamp(max=self.config.cost_clip)
+
+    def forward(
+        self,
+        points2d: Tensor,
+        points3d: Tensor,
+        K: Tensor,
+        mask2d: Tensor | None = None,
+        mask3d: Tensor | None = None,
+        with_pose: bool = True,
+    ) -> NetworkOutput:
+        """One batch of problems.
+
+        Args:
+            points2d: (B, m, 2) pixels; points3d: (B, n, 3) world; K: (B, 3, 3).
+            mask2d: (B, m), mask3d: (B, n) bool (default all valid).
+            with_pose: run the pose stage (RANSAC and PnP layer).
+        """
+        B, m, _ = points2d.shape
+        n = points3d.shape[1]
+        mask2d = torch.ones(B, m, dtype=torch.bool, device=points2d.device) if mask2d is None else mask2d
+        mask3d = torch.ones(B, n, dtype=torch.bool, device=points2d.device) if mask3d is None else mask3d
+        x2d = pixels_to_normalized(points2d, K) * mask2d[..., None].to(points2d.dtype)
+        f, g = self.features(normalized_to_bearings(x2d), points3d, mask2d, mask3d)
+        M = self.cost(f, g)
+        P_full = self.sinkhorn(M, mask2d, mask3d)
+        P = P_full[:, :m, :n] if self.sinkhorn.dustbin is not None else P_full
+        out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d)
+        if with_pose:
+            self._pose(out, x2d, points3d, mask2d, mask3d)
+        return out
+
+    def _pose(
+        self, out: NetworkOutput, x2d: Tensor, points3d: Tensor, mask2d: Tensor, mask3d: Tensor
+    ) -> None:
+        c = self.config
+        # The geometric layers run in float32 at least, also under autocast.
+        dtype = torch.promote_types(out.P.dtype, torch.float32)
+        with torch.autocast(x2d.device.type, enabled=False):
+            res = weighted_pnp(
+                x2d.to(dtype),
+                points3d.to(dtype),
+                out.P.to(dtype),
+                objective=c.pnp_objective,
+                max_iter=c.pnp_max_iter if c.use_pnp else 0,
+                init=c.ransac_init,
+                topk=self.topk(x2d.shape[1]),
+                ransac_threshold=c.ransac_threshold,
+                ransac_iterations=c.ransac_iterations,
+                sparse_topk=c.pnp_sparse_topk,
+                row_mask=mask2d,
+                col_mask=mask3d,
+            )
+        out.R_init, out.t_init, out.valid = res.R_init, res.t_init, res.valid
+        out.R, out.t = (res.R, res.t) if c.use_pnp else (res.R_init, res.t_init)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        points2d: Tensor,
+        points3d: Tensor,
+        K: Tensor,
+        mask2d: Tensor | None = None,
+        mask3d: Tensor | None = None,
+        topk: int | None = None,
+    ) -> dict[str, Tensor]:
+        """Inference on one problem ((m, 2), (n, 3), (3, 3)) or a batch ((B, m, 2), ...).
+
+        Returns:
+            dict with ``R``, ``t``, ``P``, ``matches`` (.., k, 2) (2D index, 3D index), ``scores`` (.., k)
+            and ``valid``; unbatched inputs give unbatched outputs.
+        """
+        single = points2d.dim() == 2
+        if single:
+            points2d, points3d, K = points2d[None], points3d[None], K[None]
+            mask2d = None if mask2d is None else mask2d[None]
+            mask3d = None if mask3d is None else mask3d[None]
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(points2d, points3d, K, mask2d, mask3d)
+        finally:
+            self.train(was_training)
+        rows, cols, scores = topk_matches(out.P, topk or self.topk(points2d.shape[1]))
+        res = {
+            "R": out.R,
+            "t": out.t,
+            "P": out.P,
+            "matches": torch.stack([rows, cols], -1),
+            "scores": scores,
+            "valid": out.valid,
+        }
+        return {k: v[0] for k, v in res.items()} if single else res

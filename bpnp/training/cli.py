@@ -1,0 +1,53 @@
+"""``bpnp fit|validate|test|predict --config ...``: LightningCLI over the module and the data module.
+
+``configs/synthetic.yaml`` is the embedded default, so ``bpnp fit`` alone trains on built-in synthetic
+data; further ``--config`` files (``configs/trainer/*.yaml`` presets) and ``--section.key value``
+overrides apply on top. Experiments are logged to Weights & Biases, offline unless an API key is
+configured (``wandb login``) or ``WANDB_MODE`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from pytorch_lightning.cli import LightningCLI
+
+from bpnp.data import BlindPnPDataModule
+from bpnp.training.module import BlindPnPModule
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "synthetic.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def wandb_logged_in() -> bool:
+    """Whether wandb has credentials (an API key in the environment or in ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def default_wandb_mode() -> None:
+    """Offline logging unless the user logged in or chose a mode (``WANDB_MODE``)."""
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Build (and by default run) the command line; ``args`` as ``sys.argv[1:]``."""
+    default_wandb_mode()
+    defaults = {"default_config_files": [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []}
+    return LightningCLI(
+        BlindPnPModule,
+        BlindPnPDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={cmd: defaults for cmd in SUBCOMMANDS} if run else defaults,
+    )

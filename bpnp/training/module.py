@@ -1,0 +1,176 @@
+"""The LightningModule that trains :class:`~bpnp.models.BlindPnPNet` end to end."""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from bpnp.data.sample import Batch
+from bpnp.evaluation import MethodOutput, PoseMetrics
+from bpnp.models import BlindPnPNet, NetConfig, NetworkOutput, topk_matches
+from bpnp.training.losses import (
+    correspondence_loss,
+    dustbin_nll,
+    pose_weight,
+    rotation_loss,
+    translation_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BlindPnPModule(pl.LightningModule):
+    """Training, validation and test of the blind-PnP network.
+
+    Args:
+        net: network hyper-parameters.
+        lr, weight_decay: Adam settings (BPnPNet: 1e-3, 1e-3).
+        lr_schedule: None, "cosine" (to 0 over the run) or "step" (x0.1 at 2/3 of the run).
+        pose_loss_start_epoch: epoch at which the pose terms switch on (None: never).
+        pose_loss_ramp_epochs: epochs over which their weight ramps linearly to ``pose_loss_weight``.
+        pose_loss_weight: final weight of ``L_R + L_t``.
+        max_nonfinite_steps: consecutive non-finite losses after which training stops with an error.
+        val_pose: compute the pose (RANSAC + PnP layer) in validation and test.
+    """
+
+    def __init__(
+        self,
+        net: NetConfig | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-3,
+        lr_schedule: str | None = None,
+        pose_loss_start_epoch: int | None = None,
+        pose_loss_ramp_epochs: int = 5,
+        pose_loss_weight: float = 1.0,
+        max_nonfinite_steps: int = 20,
+        val_pose: bool = True,
+    ):
+        super().__init__()
+        if lr_schedule not in (None, "cosine", "step"):
+            raise ValueError(f"lr_schedule must be None, 'cosine' or 'step', got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.net = BlindPnPNet(net)
+        self.val_metrics = PoseMetrics()
+        self.test_metrics = PoseMetrics()
+        self._nonfinite_run = 0
+        self.skipped_steps = 0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def forward(self, batch: Batch, with_pose: bool = True) -> NetworkOutput:
+        return self.net(
+            batch.points2d, batch.points3d, batch.K, batch.mask2d, batch.mask3d, with_pose=with_pose
+        )
+
+    def current_pose_weight(self) -> float:
+        h = self.hparams
+        return pose_weight(
+            self.current_epoch, h.pose_loss_start_epoch, h.pose_loss_ramp_epochs, h.pose_loss_weight
+        )
+
+    def losses(self, batch: Batch, out: NetworkOutput, w_pose: float) -> dict[str, Tensor]:
+        """Every loss term (logged separately) and their weighted sum under ``"loss"``."""
+        terms = {"loss_corr": correspondence_loss(out.P, batch.match)}
+        total = terms["loss_corr"]
+        if self.net.sinkhorn.dustbin is not None:
+            terms["loss_nll"] = dustbin_nll(out.P_full, batch.match, batch.mask2d, batch.mask3d)
+            total = total + terms["loss_nll"]
+        if w_pose > 0 and out.R is not None:
+            valid = out.valid.to(out.R.dtype)
+            count = valid.sum().clamp_min(1.0)
+            terms["loss_rot"] = (rotation_loss(out.R, batch.R) * valid).sum() / count
+            terms["loss_trans"] = (translation_loss(out.t, batch.t) * valid).sum() / count
+            total = total + w_pose * (terms["loss_rot"] + terms["loss_trans"])
+        terms["loss"] = total
+        return terms
+
+    def method_output(self, out: NetworkOutput, topk: int | None = None) -> MethodOutput:
+        """The network's answer in the evaluation package's format."""
+        rows, cols, scores = topk_matches(out.P.detach(), topk or self.net.topk(out.P.shape[1]))
+        return MethodOutput(
+            R=out.R.detach(),
+            t=out.t.detach(),
+            valid=out.valid,
+            pairs=torch.stack([rows, cols], -1),
+            scores=scores,
+            plan=out.P_full.detach(),
+            R_init=out.R_init,
+            t_init=out.t_init,
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        w_pose = self.current_pose_weight()
+        out = self(batch, with_pose=w_pose > 0)
+        terms = self.losses(batch, out, w_pose)
+        bs = len(batch)
+        if not torch.isfinite(terms["loss"]):
+            self._nonfinite_run += 1
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=bs)
+            log.warning("non-finite loss at step %d: step skipped", self.global_step)
+            if self._nonfinite_run >= self.hparams.max_nonfinite_steps:
+                raise RuntimeError(
+                    f"{self._nonfinite_run} consecutive non-finite losses (last at global step "
+                    f"{self.global_step}): stopping. Lower the learning rate or check the data."
+                )
+            return None
+        self._nonfinite_run = 0
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=bs)
+        self.log("train/loss", terms["loss"].detach(), batch_size=bs, prog_bar=True)
+        self.log("train/pose_weight", w_pose, batch_size=bs)
+        self.log("train/inlier_mass", self._inlier_mass(out.P.detach(), batch.match), batch_size=bs)
+        return terms["loss"]
+
+    @staticmethod
+    def _inlier_mass(P: Tensor, match: Tensor) -> Tensor:
+        """Share of the plan's mass on true matches (chance: about 1/n)."""
+        idx = match.clamp_min(0)[..., None]
+        on = P.gather(2, idx).squeeze(-1) * (match >= 0)
+        return (on.sum(1) / P.sum((1, 2)).clamp_min(1e-12)).mean()
+
+    def _eval_step(self, batch: Batch, metrics: PoseMetrics, prefix: str) -> None:
+        out = self(batch, with_pose=self.hparams.val_pose)
+        bs = len(batch)
+        terms = self.losses(batch, out, 0.0)
+        self.log(f"{prefix}/loss_corr", terms["loss_corr"], batch_size=bs, sync_dist=True)
+        self.log(
+            f"{prefix}/inlier_mass", self._inlier_mass(out.P, batch.match), batch_size=bs, sync_dist=True
+        )
+        if self.hparams.val_pose:
+            metrics.update(batch, self.method_output(out))
+
+    def _eval_epoch_end(self, metrics: PoseMetrics, prefix: str) -> None:
+        if self.hparams.val_pose and metrics.update_count > 0:
+            values = metrics.compute()
+            self.log_dict({f"{prefix}/{k}": v.float() for k, v in values.items()})
+        metrics.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metrics, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_metrics, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> MethodOutput:
+        return self.method_output(self(batch)).detach_cpu()
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule is None:
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if self.hparams.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(2 * total // 3, 1), gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
