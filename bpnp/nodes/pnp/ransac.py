@@ -103,21 +103,26 @@ def opencv_ransac(
 
 
 def _inlier_scores(P: Tensor, x: Tensor, X: Tensor, w: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """Weighted inlier score of camera-matrix hypotheses.
+    """Weighted inlier score of camera-matrix hypotheses (reprojection error below ``threshold``,
+    positive depth).
 
     Args:
         P: (B, H, 3, 4).
         x: (B, k, 2), X: (B, k, 3), w: (B, k).
     Returns:
-        ``(score (B, H), inlier (B, H, k) bool)``.
+        ``(score (B, H), inlier (B, k, H) bool)``.
     """
-    Xh = torch.cat([X, torch.ones_like(X[..., :1])], dim=-1)
-    proj = torch.einsum("bhij,bkj->bhki", P, Xh)  # (B, H, k, 3)
-    z = proj[..., 2]
+    # Scores need no more than single precision: halves the memory traffic of the (B, k, H) planes.
+    P, x, X, w = P.float(), x.float(), X.float(), w.float()
+    Xh = torch.cat([X, torch.ones_like(X[..., :1])], dim=-1)  # (B, k, 4)
+    # One (B, k, 4) x (B, 4, H) product per image coordinate: (B, k, H) planes, no size-3 reductions.
+    u, v, z = (Xh @ P[:, :, r, :].transpose(-1, -2) for r in range(3))
     front = z > 0
-    uv = proj[..., :2] / torch.where(front, z, torch.ones_like(z))[..., None]
-    inlier = front & ((uv - x[:, None]).pow(2).sum(-1) < threshold**2)
-    return (inlier * w[:, None]).sum(-1), inlier
+    inv_z = 1.0 / torch.where(front, z, torch.ones_like(z))
+    du = u * inv_z - x[..., 0:1]
+    dv = v * inv_z - x[..., 1:2]
+    inlier = front & (du * du + dv * dv < threshold**2)
+    return (inlier * w[..., None]).sum(1), inlier
 
 
 def torch_ransac(
@@ -127,7 +132,7 @@ def torch_ransac(
     threshold: float = 0.01,
     hypotheses: int = 512,
     sample_size: int = 6,
-    prescore_pairs: int = 128,
+    prescore_pairs: int = 64,
     keep: int = 8,
     refits: int = 2,
     generator: torch.Generator | None = None,
@@ -184,17 +189,18 @@ def torch_ransac(
     top = pre.topk(min(keep, hypotheses), dim=-1).indices
     P = P.gather(1, top[..., None, None].expand(-1, -1, 3, 4))
     score, inlier = _inlier_scores(P, x, X, w, threshold)
-    best = score.argmax(-1)
+    s_best, best = score.max(-1)
     P_best = P[torch.arange(B, device=dev), best]
-    mask = inlier[torch.arange(B, device=dev), best]
+    mask = inlier.gather(2, best[:, None, None].expand(-1, k, 1)).squeeze(-1)
     for _ in range(refits):
+        # Local optimisation: the weighted DLT on the best hypothesis' inliers, kept if it scores as well.
         P_fit = dlt_camera_matrix(x, X, w * mask)
         P_fit = torch.where(torch.isfinite(P_fit), P_fit, P_best)
         s_fit, in_fit = _inlier_scores(P_fit[:, None], x, X, w, threshold)
-        s_best, _ = _inlier_scores(P_best[:, None], x, X, w, threshold)
-        better = s_fit[:, 0] >= s_best[:, 0]
+        better = s_fit[:, 0] >= s_best
         P_best = torch.where(better[:, None, None], P_fit, P_best)
-        mask = torch.where(better[:, None], in_fit[:, 0], mask)
+        mask = torch.where(better[:, None], in_fit[..., 0], mask)
+        s_best = torch.where(better, s_fit[:, 0], s_best)
     found = mask.sum(-1) >= sample_size
     R, t = camera_matrix_to_pose(P_best)
     found = found & torch.isfinite(R).all((-1, -2)) & torch.isfinite(t).all(-1)
