@@ -41,6 +41,10 @@ class SolverResult:
     converged: Tensor
 
 
+# Relative step below which Gauss-Newton hands over to Newton with the exact Hessian.
+_NEWTON_SWITCH = 1e-3
+
+
 def default_tolerance(dtype: torch.dtype) -> float:
     """Relative step tolerance: tight in float64 (implicit gradients need a true stationary point)."""
     return 1e-12 if dtype == torch.float64 else 1e-6
@@ -154,7 +158,7 @@ def levenberg_marquardt(
     """Minimise ``problem`` from ``(R, t)``; samples with ``active = False`` are left where they are.
 
     Gauss-Newton (positive semi-definite, robust far from the optimum) until the relative step is
-    below ``max(tol, 1e-4)``, then Newton with the exact Hessian: Gauss-Newton converges only linearly
+    below ``max(tol, 1e-3)``, then Newton with the exact Hessian: Gauss-Newton converges only linearly
     when residuals are large (a diffuse dense plan), Newton quadratically.
 
     Args:
@@ -169,7 +173,7 @@ def levenberg_marquardt(
     tol = default_tolerance(R.dtype) if tol is None else tol
     state = _evaluate(problem, R, t, exact=False)
     running = active & torch.isfinite(state.f) & ~_behind(problem, state.depth)
-    state, _, it_gn = _lm_phase(problem, state, running, False, max(tol, 1e-4), max_iter)
+    state, _, it_gn = _lm_phase(problem, state, running, False, max(tol, _NEWTON_SWITCH), max_iter)
     state = _evaluate(problem, state.R, state.t, exact=True)
     budget = max(max_iter - int(it_gn.max()), 5)
     state, converged, it_newton = _lm_phase(problem, state, running, True, tol, budget)
