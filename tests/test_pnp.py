@@ -326,3 +326,12 @@ def test_cuda_matches_cpu():
     assert torch.isfinite(Wc.grad).all()
     res = weighted_pnp(x.cuda(), X.cuda(), W.cuda(), init="torch")
     assert res.valid.all() and res.R.device.type == "cuda"
+
+
+def test_max_iter_zero_returns_the_initial_pose():
+    x, X, R, t = make_scene(2, 20, noise=0.01, seed=18)
+    R0 = axis_angle_to_matrix(torch.tensor([[0.01, 0.0, 0.0], [0.0, 0.02, 0.0]], dtype=F64)) @ R
+    res = weighted_pnp(x, X, torch.ones(2, 20, dtype=F64), pose_init=(R0, t), max_iter=0)
+    assert res.iterations.eq(0).all()
+    torch.testing.assert_close(res.R, R0, atol=0, rtol=0)
+    torch.testing.assert_close(res.t, t, atol=0, rtol=0)

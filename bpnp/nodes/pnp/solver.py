@@ -175,7 +175,7 @@ def levenberg_marquardt(
     running = active & torch.isfinite(state.f) & ~_behind(problem, state.depth)
     state, _, it_gn = _lm_phase(problem, state, running, False, max(tol, _NEWTON_SWITCH), max_iter)
     state = _evaluate(problem, state.R, state.t, exact=True)
-    budget = max(max_iter - int(it_gn.max()), 5)
+    budget = max(max_iter - int(it_gn.max()), 0)
     state, converged, it_newton = _lm_phase(problem, state, running, True, tol, budget)
     return SolverResult(
         state.R, state.t, state.f, state.grad, state.H, state.depth, it_gn + it_newton, converged & active
