@@ -227,9 +227,12 @@ def _degenerate(kind: str):
         x[1] = Xc[:, :2] / Xc[:, 2:]
     elif kind == "singular_hessian":
         # all 10 pairs look along one bearing: the camera distance is unconstrained
+        g = torch.Generator().manual_seed(19)
         x[1] = x[1, :1].expand(10, 2)
-        X[1] = X[1, :1] + torch.linspace(0, 1, 10, dtype=F64)[:, None] * torch.randn(1, 3, dtype=F64)
-        X[1, :, 2] += 0.3 * torch.rand(10, dtype=F64)
+        X[1] = X[1, :1] + torch.linspace(0, 1, 10, dtype=F64)[:, None] * torch.randn(
+            1, 3, generator=g, dtype=F64
+        )
+        X[1, :, 2] += 0.3 * torch.rand(10, generator=g, dtype=F64)
     else:
         raise ValueError(kind)
     return x, X, w, (R, t), objective

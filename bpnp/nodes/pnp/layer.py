@@ -326,7 +326,7 @@ def weighted_pnp(
         sparse_topk: dense form only: solve on the ``sparse_topk`` largest pairs (paired problem).
         row_mask: (B, m) bool, False for padded 2D points (paired: padded pairs).
         col_mask: (B, n) bool, False for padded 3D points (paired: padded pairs).
-        generator: random generator for the torch RANSAC.
+        generator: random generator for the torch RANSAC, on the inputs' device.
     Returns:
         :class:`PnPResult`.
     """

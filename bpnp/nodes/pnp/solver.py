@@ -110,9 +110,9 @@ def _evaluate(problem: PairedProblem, R: Tensor, t: Tensor, exact: bool) -> _Sta
 
 
 def _lm_phase(
-    problem: PairedProblem, state: _State, running: Tensor, exact: bool, tol: float, max_iter: int
+    problem: PairedProblem, state: _State, running: Tensor, exact: bool, tol: float, budget: Tensor
 ) -> tuple[_State, Tensor, Tensor]:
-    """Damped (Gauss-)Newton iterations on the running samples.
+    """Damped (Gauss-)Newton iterations on the running samples, at most ``budget`` (B,) each.
 
     A trial is accepted when it lowers f, or keeps f within rounding while lowering the gradient
     norm (near the optimum f stops resolving progress before the gradient does).
@@ -120,6 +120,8 @@ def _lm_phase(
     Returns:
         ``(state, converged (B,), iterations (B,))``.
     """
+    running = running & (budget > 0)
+    max_iter = int(budget.max()) if budget.numel() else 0
     B = state.R.shape[0]
     lam = torch.full((B,), 1e-4 if exact else 1e-3, dtype=state.R.dtype, device=state.R.device)
     converged = torch.zeros_like(running)
@@ -141,7 +143,7 @@ def _lm_phase(
         small = _small_step(step, state.t, tol) & (accept | (lam < 1.0))
         state = state.where(accept, trial)
         lam = torch.where(accept, (lam * 0.2).clamp_min(1e-12), lam * 10.0)
-        done = running & (small | (step.abs().amax(-1) == 0) | (lam > 1e12))
+        done = running & (small | (step.abs().amax(-1) == 0) | (lam > 1e12) | (iterations >= budget))
         converged = converged | (running & small)
         running = running & ~done
     return state, converged, iterations
@@ -173,10 +175,11 @@ def levenberg_marquardt(
     tol = default_tolerance(R.dtype) if tol is None else tol
     state = _evaluate(problem, R, t, exact=False)
     running = active & torch.isfinite(state.f) & ~_behind(problem, state.depth)
-    state, _, it_gn = _lm_phase(problem, state, running, False, max(tol, _NEWTON_SWITCH), max_iter)
+    budget = torch.full((R.shape[0],), max_iter, dtype=torch.long, device=R.device)
+    state, _, it_gn = _lm_phase(problem, state, running, False, max(tol, _NEWTON_SWITCH), budget)
     state = _evaluate(problem, state.R, state.t, exact=True)
-    budget = max(max_iter - int(it_gn.max()), 0)
-    state, converged, it_newton = _lm_phase(problem, state, running, True, tol, budget)
+    # Each sample's own remaining budget, so that no sample's result depends on the others.
+    state, converged, it_newton = _lm_phase(problem, state, running, True, tol, budget - it_gn)
     return SolverResult(
         state.R, state.t, state.f, state.grad, state.H, state.depth, it_gn + it_newton, converged & active
     )
