@@ -338,3 +338,21 @@ def test_max_iter_zero_returns_the_initial_pose():
     assert res.iterations.eq(0).all()
     torch.testing.assert_close(res.R, R0, atol=0, rtol=0)
     torch.testing.assert_close(res.t, t, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "objective,robust", [("angular", None), ("reprojection", "cauchy"), ("angular", "tanh")]
+)
+def test_converges_from_a_distant_initial_pose(objective, robust):
+    x, X, R, t = make_scene(4, 60, noise=0.001, seed=20)
+    g = torch.Generator().manual_seed(21)
+    axis = torch.nn.functional.normalize(torch.randn(4, 3, generator=g, dtype=F64), dim=-1)
+    R0 = axis_angle_to_matrix(axis * math.radians(20)) @ R
+    t0 = t + torch.tensor([0.3, -0.2, 1.0], dtype=F64)
+    w = torch.ones(4, 60, dtype=F64)
+    kw = dict(objective=objective, robust=robust, robust_scale=0.05)
+    res = weighted_pnp(x, X, w, pose_init=(R0, t0), **kw)
+    near = weighted_pnp(x, X, w, pose_init=(R, t), **kw)  # the minimum next to the true pose
+    assert res.valid.all() and res.converged.all()
+    assert (rotation_error_deg(res.R, near.R) * math.pi / 180).max() < 1e-9
+    torch.testing.assert_close(res.t, near.t, atol=1e-9, rtol=0)

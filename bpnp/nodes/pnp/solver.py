@@ -57,25 +57,27 @@ def _behind(problem: PairedProblem, depth: Tensor) -> Tensor:
     return ((problem.weight > 0) & (depth <= 0)).any(-1)
 
 
-def _damped_step(H: Tensor, grad: Tensor, lam: Tensor) -> Tensor:
-    """Solve ``(H + lam diag(H) + eps tr(H) I) step = -grad`` per sample; zero where it fails.
+def _damped_step(H: Tensor, grad: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """Solve ``(H + lam |diag(H)| + eps tr|H| I) step = -grad`` per sample.
+
+    An indefinite exact Hessian (far from a minimum) makes the Cholesky factorisation fail; the
+    caller then raises the damping, which with ``|diag(H)|`` eventually makes the matrix definite.
 
     Args:
         H: (B, 6, 6).
         grad: (B, 6).
         lam: (B,).
     Returns:
-        (B, 6).
+        ``(step (B, 6), ok (B,) bool)``; the step is zero where the factorisation failed.
     """
-    diag = H.diagonal(dim1=-2, dim2=-1)
-    eps = torch.finfo(H.dtype).eps
-    floor = (eps * diag.sum(-1, keepdim=True)).clamp_min(torch.finfo(H.dtype).tiny)
-    A = H + torch.diag_embed(lam[:, None] * diag + floor)
-    L, info = torch.linalg.cholesky_ex(A)
+    diag = H.diagonal(dim1=-2, dim2=-1).abs()
+    floor = (torch.finfo(H.dtype).eps * diag.sum(-1, keepdim=True)).clamp_min(torch.finfo(H.dtype).tiny)
+    L, info = torch.linalg.cholesky_ex(H + torch.diag_embed(lam[:, None] * diag + floor))
     ok = info == 0
     L = torch.where(ok[:, None, None], L, torch.eye(6, dtype=H.dtype, device=H.device))
     step = torch.cholesky_solve(-grad[..., None], L).squeeze(-1)
-    return torch.where(ok[:, None] & torch.isfinite(step).all(-1, keepdim=True), step, torch.zeros_like(step))
+    ok = ok & torch.isfinite(step).all(-1)
+    return torch.where(ok[:, None], step, torch.zeros_like(step)), ok
 
 
 def _small_step(step: Tensor, t: Tensor, tol: float) -> Tensor:
@@ -131,19 +133,19 @@ def _lm_phase(
     for _ in range(max_iter):
         if not bool(running.any()):
             break
-        step = _damped_step(state.H, state.grad, lam)
+        step, solved = _damped_step(state.H, state.grad, lam)
         trial = _evaluate(problem, *local_pose(state.R, state.t, step), exact)
-        ok = torch.isfinite(trial.f) & ~_behind(problem, trial.depth)
+        ok = solved & torch.isfinite(trial.f) & ~_behind(problem, trial.depth)
         lower = trial.f < state.f
         level = (trial.f <= state.f + slack) & (trial.grad.norm(dim=-1) < state.grad.norm(dim=-1))
         accept = running & ok & (lower | level)
         iterations = iterations + running.long()
         # Converged: a small, barely damped step (rejected ones too: the decrease is then below
         # rounding). Stalled: no decrease even with heavy damping.
-        small = _small_step(step, state.t, tol) & (accept | (lam < 1.0))
+        small = solved & _small_step(step, state.t, tol) & (accept | (lam < 1.0))
         state = state.where(accept, trial)
         lam = torch.where(accept, (lam * 0.2).clamp_min(1e-12), lam * 10.0)
-        done = running & (small | (step.abs().amax(-1) == 0) | (lam > 1e12) | (iterations >= budget))
+        done = running & (small | (lam > 1e12) | (iterations >= budget))
         converged = converged | (running & small)
         running = running & ~done
     return state, converged, iterations
