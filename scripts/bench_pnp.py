@@ -217,7 +217,7 @@ def main() -> None:
     f, b, out = time_layer(xk, Xk, w_k, r, gp, pose_init=(R0, t0), **robust)
     record(f"paired k={args.k} reprojection+tanh, from init", f, b, out)
     f, b, out = time_layer(x, X, W, r, gp, pose_init=(R0, t0), sparse_topk=args.k, **robust)
-    record(f"dense, sparse_topk={args.k} reprojection+tanh, init", f, b, out)
+    record(f"dense, sparse_topk={args.k} reproj.+tanh, from init", f, b, out)
 
     # Accuracy of the initial pose and of a sharp plan, for the bias comparison.
     record("OpenCV RANSAC pose (init)", 0.0, 0.0, dict(R=R0, t=t0, valid=torch.ones(B, dtype=torch.bool)))
