@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from bpnp.geometry import normalized_to_bearings, vee
 from bpnp.nodes.pnp.checks import behind_camera, collinear, effective_pairs, singular, warn_once
@@ -133,6 +134,7 @@ class _WeightedPnP(torch.autograd.Function):
         return R, t, value, valid, sol.iterations, sol.converged
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_R, grad_t, grad_value, *_):  # type: ignore[override]
         need_2d, need_3d, need_w = ctx.needs_input_grad[:3]
         if not (need_2d or need_3d or need_w):
