@@ -272,16 +272,6 @@ def derivatives(
     return f, grad, 0.5 * (H + H.transpose(-1, -2)), X2
 
 
-def linearize(problem: PairedProblem, R: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`derivatives` with the Gauss-Newton Hessian."""
-    return derivatives(problem, R, t, exact=False)
-
-
-def exact_hessian(problem: PairedProblem, R: Tensor, t: Tensor) -> Tensor:
-    """Exact Hessian (B, 6, 6) in local coordinates at ``(R, t)``."""
-    return derivatives(problem, R, t, exact=True)[2]
-
-
 def dense_features(objective: str, x2d: Tensor) -> Tensor:
     """Per-2D-point features whose weighted sums ``G = W^T F`` carry a dense objective exactly.
 
