@@ -26,22 +26,24 @@ from bpnp.evaluation.report import SCALES, write_reports
 log = logging.getLogger(__name__)
 
 
-def load_method_from_checkpoint(path: str | Path, device: str = "cpu") -> list[Method]:
-    """The methods a trained checkpoint contributes to the table (the network; the features +
-    Hungarian baseline on its features, through :class:`~bpnp.evaluation.baselines.HungarianMatcher`).
-    The network's "no PnP layer" row comes from its ``R_init`` output automatically.
+def load_method_from_checkpoint(
+    path: str | Path, device: str = "cpu", ransac: RansacConfig | None = None, name: str | None = None
+) -> list[Method]:
+    """The methods a trained checkpoint contributes to the table: the network (``name``, default
+    ``bpnp``) and the features + Hungarian baseline on its features (through
+    :class:`~bpnp.evaluation.baselines.HungarianMatcher`). The network's "no PnP layer" row comes
+    from its ``R_init`` output automatically.
 
     Raises:
         FileNotFoundError: when ``path`` is not a file.
-        RuntimeError: while the network package provides no checkpoint loader.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    raise RuntimeError(
-        f"cannot evaluate {path}: the network package provides no checkpoint loader yet; "
-        f"evaluate a baseline instead ({', '.join(BASELINES)})"
-    )
+    # Imported here: loading a checkpoint needs the training package, the baselines do not.
+    from bpnp.evaluation.network_method import checkpoint_methods
+
+    return checkpoint_methods(path, device, ransac, name)
 
 
 def _training_config_data(argv: list[str]) -> list[str]:
@@ -66,11 +68,13 @@ def base_parser(description: str) -> ArgumentParser:
     p.add_argument("--split", type=str, default="test", help="train, val or test")
     p.add_argument(
         "--baseline",
-        type=list[str],
+        type=list[str] | str,
         default=[],
-        help=f"baseline methods ({', '.join(BASELINES)}); e.g. --baseline [oracle,random]",
+        help=f"baseline methods ({', '.join(BASELINES)}): --baseline oracle or --baseline [oracle,random]",
     )
-    p.add_argument("--ckpt", type=list[str], default=[], help="trained checkpoints to evaluate")
+    p.add_argument(
+        "--ckpt", type=list[str] | str, default=[], help="trained checkpoints to evaluate: PATH or [PATH,...]"
+    )
     p.add_class_arguments(RansacConfig, "ransac", instantiate=False)
     p.add_argument(
         "--random_budget_ms",
@@ -88,6 +92,9 @@ def base_parser(description: str) -> ArgumentParser:
 def parse(parser: ArgumentParser, argv: Sequence[str] | None) -> Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parser.parse_args(_training_config_data(argv))
+    # One name may be given without brackets.
+    cfg.baseline = [cfg.baseline] if isinstance(cfg.baseline, str) else list(cfg.baseline)
+    cfg.ckpt = [cfg.ckpt] if isinstance(cfg.ckpt, str) else list(cfg.ckpt)
     if not cfg.baseline and not cfg.ckpt:
         parser.error("give --baseline NAME and / or --ckpt PATH")
     unknown = [b for b in cfg.baseline if b not in BASELINES]
@@ -101,7 +108,13 @@ def build_methods(cfg: Namespace) -> list[Method]:
     ransac = RansacConfig(**cfg.ransac.as_dict())
     methods: list[Method] = []
     for path in cfg.ckpt:
-        methods += load_method_from_checkpoint(path, cfg.device)
+        # Several checkpoints in one table: rows named after their files.
+        name = "bpnp" if len(cfg.ckpt) == 1 else f"bpnp[{Path(path).stem}]"
+        found = load_method_from_checkpoint(path, cfg.device, ransac, name)
+        if len(cfg.ckpt) > 1:
+            for method in found[1:]:
+                method.name = f"{method.name}[{Path(path).stem}]"
+        methods += found
     for name in cfg.baseline:
         if name == "random":
             # Cheaper attempts than the oracle's, so that several fit the budget.

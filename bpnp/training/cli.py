@@ -15,6 +15,7 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningCLI
 
 from bpnp.data import BlindPnPDataModule
+from bpnp.training.callbacks import LoggedSaveConfig
 from bpnp.training.module import BlindPnPModule
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -48,6 +49,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         args=args,
         run=run,
         seed_everything_default=0,
+        save_config_callback=LoggedSaveConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={cmd: defaults for cmd in SUBCOMMANDS} if run else defaults,
     )

@@ -1,0 +1,69 @@
+"""A trained network as an evaluated :class:`~bpnp.evaluation.method.Method`, and the features +
+Hungarian baseline on its features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from bpnp.data.sample import Batch
+from bpnp.evaluation.baselines import HungarianMatcher, RansacConfig
+from bpnp.evaluation.method import Method, MethodOutput
+from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
+
+if TYPE_CHECKING:  # evaluation stays importable without pulling in Lightning
+    from bpnp.training.module import BlindPnPModule
+
+
+class NetworkMethod:
+    """The full network (encoders, Sinkhorn, RANSAC, PnP layer) in eval mode, without gradients.
+
+    Its output carries the RANSAC initial pose, so the evaluation adds a "no PnP layer" row."""
+
+    def __init__(self, module: BlindPnPModule, name: str = "bpnp") -> None:
+        self.module = module.eval()
+        self.name = name
+
+    def __call__(self, batch: Batch) -> MethodOutput:
+        with torch.no_grad():
+            return self.module.method_output(self.module(batch, with_pose=True))
+
+
+def feature_cost(module: BlindPnPModule, batch: Batch) -> Tensor:
+    """The network's cost matrix (B, M, N), ``||f_i - g_j||`` of its unit features, made from the
+    batch the way the forward pass makes it (pixels -> normalised coordinates -> bearings)."""
+    net = module.net
+    x2d = pixels_to_normalized(batch.points2d, batch.K) * batch.mask2d[..., None].to(batch.points2d.dtype)
+    with torch.no_grad():
+        f, g = net.features(normalized_to_bearings(x2d), batch.points3d, batch.mask2d, batch.mask3d)
+        return net.cost(f, g)
+
+
+def hungarian_on_features(module: BlindPnPModule, ransac: RansacConfig | None = None) -> HungarianMatcher:
+    """The "features + Hungarian" baseline: the network's features matched one-to-one, then RANSAC."""
+    module.eval()
+    return HungarianMatcher(lambda batch: feature_cost(module, batch), ransac=ransac)
+
+
+def load_module(path: str | Path, device: str = "cpu") -> BlindPnPModule:
+    """A trained :class:`BlindPnPModule` from a Lightning checkpoint, on ``device``, in eval mode."""
+    from bpnp.models import NetConfig
+    from bpnp.training.module import BlindPnPModule
+
+    # Checkpoints written outside LightningCLI keep NetConfig as an object in their hyper-parameters:
+    # allow that one class, so loading stays restricted to plain data otherwise.
+    with torch.serialization.safe_globals([NetConfig]):
+        module = BlindPnPModule.load_from_checkpoint(str(path), map_location=torch.device(device))
+    return module.to(device).eval()
+
+
+def checkpoint_methods(
+    path: str | Path, device: str = "cpu", ransac: RansacConfig | None = None, name: str | None = None
+) -> list[Method]:
+    """The network of checkpoint ``path`` (named ``name``, default ``bpnp``) and the features +
+    Hungarian baseline on its features."""
+    module = load_module(path, device)
+    return [NetworkMethod(module, name or "bpnp"), hungarian_on_features(module, ransac)]

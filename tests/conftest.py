@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread():
+    """One intra-op thread: the tests' tensors are small, and OpenMP threads spinning against another
+    busy process slow a 2-core machine several-fold (time-limited tests depend on it)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

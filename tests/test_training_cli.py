@@ -1,0 +1,164 @@
+"""The training command line: every shipped config parses, the download-free ones train one step
+(fast_dev_run), and bad keys or values fail with a message naming them."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+from training_utils import CONFIGS, ROOT, SHARED_DATA, STATUE, TINY, isolated, write_config
+
+from bpnp.data import BlindPnPDataModule
+from bpnp.training.cli import cli_main
+
+TUM = SHARED_DATA / "rgbd" / "tum_sample"
+
+DATA_CONFIGS = ["synthetic", "synthetic_full", "modelnet40", "megadepth", "nyu", "bpnpnet_archive"]
+SOURCES = {"synthetic": "synthetic", "synthetic_full": "synthetic", "modelnet40": "modelnet40",
+           "megadepth": "colmap", "nyu": "rgbd", "bpnpnet_archive": "bpnpnet_archive"}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    with isolated(tmp_path, monkeypatch):
+        yield
+
+
+def printed_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_every_config_prints_a_complete_config(name, capsys):
+    cfg = printed_config(capsys, "--config", str(CONFIGS / f"{name}.yaml"))
+    assert cfg["data"]["source"] == SOURCES[name]
+    assert set(cfg) >= {"trainer", "model", "data", "seed_everything"}
+    callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
+    assert "bpnp.training.callbacks.ValidationImages" in callbacks
+    assert any(c.endswith("ModelCheckpoint") for c in callbacks)
+    logger = cfg["trainer"]["logger"]
+    logger = logger[0] if isinstance(logger, list) else logger
+    assert logger["class_path"].endswith("WandbLogger")
+    # every config writes under its own folder, so runs of different configs never mix
+    assert logger["init_args"]["save_dir"] == f"outputs/{name}"
+
+
+def test_full_protocol_config_has_bpnpnet_settings(capsys):
+    cfg = printed_config(capsys, "--config", str(CONFIGS / "synthetic_full.yaml"))
+    net = cfg["model"]["net"]
+    assert (net["gamma"], net["sinkhorn_iters"], net["blocks"], net["knn"]) == (10.0, 100, 12, 0)
+    assert cfg["data"]["options"] == {"num_points": 1000, "max_rotation_deg": 180.0}
+
+
+def test_presets_and_overrides_apply_on_top(capsys):
+    cfg = printed_config(
+        capsys,
+        "--config", str(CONFIGS / "megadepth.yaml"), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
+        "--data.root", "elsewhere", "--model.net.blocks", "2",
+    )  # fmt: skip
+    assert cfg["trainer"]["accelerator"] == "cpu" and cfg["data"]["root"] == "elsewhere"
+    assert cfg["model"]["net"]["blocks"] == 2 and cfg["model"]["net"]["dustbin"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--model.net.nonexistent", "1"], "nonexistent"),
+        (["--model.net.blocks", "many"], "blocks"),
+        (["--trainer.max_stepz", "3"], "max_stepz"),
+        (["--data.batch_size", "-"], "batch_size"),
+    ],
+)
+def test_invalid_key_or_type_fails_naming_it(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--model.lr_schedule", "bogus"], "lr_schedule"),
+        (["--data.source", "nowhere"], "data source 'nowhere'"),
+        (["--data.m_max", "2"], "m_max=2"),
+    ],
+)
+def test_invalid_value_fails_naming_it(args, named, tmp_path):
+    cfg = write_config(tmp_path / "trainer.yaml", tmp_path, fast_dev_run=True)
+    with pytest.raises(ValueError, match=named):
+        cli_main(["fit", "--config", str(cfg), *TINY, *args])
+
+
+def fast_dev_run(tmp_path, config: str, *overrides: str):
+    """One training and one validation batch of ``config`` through the real entry point."""
+    preset = write_config(tmp_path / "trainer.yaml", tmp_path, fast_dev_run=True)
+    cli = cli_main(["fit", "--config", str(CONFIGS / config), "--config", str(preset), *overrides])
+    trainer = cli.trainer
+    assert trainer.state.finished and trainer.global_step == 1
+    metrics = trainer.callback_metrics
+    assert {"train/loss", "train/loss_corr", "val/loss_corr", "val/rotation_error_deg/q50"} <= set(metrics)
+    assert all(v.isfinite() for k, v in metrics.items() if "loss" in k)
+    return cli
+
+
+def test_fast_dev_run_synthetic(tmp_path):
+    fast_dev_run(tmp_path, "synthetic.yaml", *TINY)
+
+
+def test_fast_dev_run_synthetic_full_protocol(tmp_path):
+    # BPnPNet's network as configured (12 blocks, 100 Sinkhorn iterations); point caps for speed
+    cli = fast_dev_run(
+        tmp_path, "synthetic_full.yaml",
+        "--data.m_max", "48", "--data.n_max", "48", "--data.batch_size", "2", "--data.num_workers", "0",
+        "--model.net.ransac_iterations", "50",
+    )  # fmt: skip
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert batch.points2d.shape[1] == 48 and batch.points3d.shape[1] == 48
+    assert cli.model.net.config.blocks == 12 and cli.model.net.config.sinkhorn_iters == 100
+
+
+@pytest.mark.skipif(not STATUE.is_dir(), reason=f"COLMAP sample {STATUE} absent")
+def test_fast_dev_run_colmap_scene(tmp_path):
+    cli = fast_dev_run(
+        tmp_path, "megadepth.yaml",
+        "--data.root", str(STATUE), "--data.m_max", "128", "--data.n_max", "128",
+        "--data.batch_size", "2", "--data.num_workers", "0",
+        "--model.net.blocks", "1", "--model.net.ransac_iterations", "50",
+    )  # fmt: skip
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert batch.points2d.shape[1] <= 128 and batch.points3d.shape[1] <= 128
+    assert cli.model.net.sinkhorn.dustbin is not None
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["modelnet40", "bpnpnet_archive", "nyu"])
+def test_data_section_of_download_configs_builds_its_source(name, tmp_path):
+    """The ``options`` of a source are free-form in the config, so build each source once on a small
+    stand-in of its layout (generated meshes and archive; the TUM RGB-D frame for NYU) with the
+    config's own options: a misspelt option fails here rather than after a download."""
+    data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["data"]
+    bench = load_script("bench_data")
+    if name == "modelnet40":
+        data["root"] = str(bench.make_modelnet(tmp_path / "modelnet", meshes=4))
+    elif name == "bpnpnet_archive":
+        data["root"] = str(bench.make_archive(tmp_path / "archive", samples=4))
+    else:
+        if not TUM.is_dir():
+            pytest.skip(f"RGB-D sample {TUM} absent")
+        # the .mat file carries NYU's intrinsics; the folder stand-in needs TUM's (freiburg default)
+        data["root"], data["options"]["intrinsics"] = str(TUM), [525.0, 525.0, 319.5, 239.5]
+    dm = BlindPnPDataModule(**{**data, "num_workers": 0, "m_max": 64, "n_max": 64})
+    sample = dm.dataset("train")[0]
+    assert 4 <= len(sample.points2d) <= 64 and 4 <= len(sample.points3d) <= 64
+    assert sample.num_inliers >= 4
