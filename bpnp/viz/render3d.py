@@ -145,7 +145,15 @@ def _offscreen_renderer(width: int, height: int):
 
 
 def render_open3d(scene: Scene3D, size: tuple[int, int]) -> np.ndarray:
-    """Render with Open3D's OffscreenRenderer; RGB (H, W, 3) uint8."""
+    """Render with Open3D's OffscreenRenderer, in a render process of its own
+    (:mod:`bpnp.viz.render_server`); RGB (H, W, 3) uint8."""
+    from bpnp.viz.render_server import server
+
+    return server().render(scene, size)
+
+
+def render_open3d_here(scene: Scene3D, size: tuple[int, int]) -> np.ndarray:
+    """Render with Open3D's OffscreenRenderer in this process; RGB (H, W, 3) uint8."""
     import open3d as o3d
 
     rendering = o3d.visualization.rendering
