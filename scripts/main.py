@@ -8,6 +8,7 @@ same network untrained and against the oracle and random baselines, print the ac
 from __future__ import annotations
 
 import argparse
+import inspect
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ from bpnp.training.cli import DEFAULT_CONFIG, cli_main
 def save_untrained(model: BlindPnPModule, path: Path, seed: int) -> None:
     """A checkpoint of the same network at its initial weights (same seed as the training run)."""
     pl.seed_everything(seed, verbose=False)
-    fresh = BlindPnPModule(**model.hparams)
+    # LightningCLI adds bookkeeping entries (e.g. "_instantiator") to the hyper-parameters.
+    params = inspect.signature(BlindPnPModule.__init__).parameters
+    fresh = BlindPnPModule(**{k: v for k, v in model.hparams.items() if k in params})
     torch.save(
         {"state_dict": fresh.state_dict(), "hyper_parameters": dict(fresh.hparams),
          "pytorch-lightning_version": pl.__version__},

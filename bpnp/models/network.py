@@ -31,7 +31,7 @@ class NetworkOutput:
         M: (B, m, n) cost matrix.
         R, t: (B, 3, 3), (B, 3) pose (PnP layer output, or the RANSAC pose without the layer).
         R_init, t_init: RANSAC initial pose (not differentiable).
-        valid: (B,) bool, the pose stage succeeded.
+        valid: (B,) bool, the PnP layer succeeded (elsewhere ``R``, ``t`` are the RANSAC pose).
         x2d: (B, m, 2) normalised image coordinates used by the pose stage.
     """
 
@@ -91,6 +91,9 @@ class NetConfig:
         use_pnp: run the weighted PnP layer (else the pose is RANSAC's on the top-k pairs).
         pnp_objective, pnp_sparse_topk, pnp_max_iter: PnP layer settings; ``pnp_sparse_topk`` solves on
             the largest pairs of P only, which removes the bias of a diffuse plan.
+        pnp_robust, pnp_robust_scale: robust kernel of the PnP layer ("huber", "cauchy", "tanh",
+            "geman_mcclure"; needs ``pnp_sparse_topk``) and its residual scale, so that wrong pairs
+            among the top ones do not pull the pose.
         ransac_init: "opencv" or "torch"; ``ransac_threshold`` and ``ransac_iterations`` as BPnPNet.
         topk_factor: RANSAC gets ``min(1000, topk_factor * m)`` pairs.
     """
@@ -112,6 +115,8 @@ class NetConfig:
     pnp_objective: str = "angular"
     pnp_sparse_topk: int | None = None
     pnp_max_iter: int = 30
+    pnp_robust: str | None = None
+    pnp_robust_scale: float = 0.01
     ransac_init: str = "opencv"
     ransac_threshold: float = 0.01
     ransac_iterations: int = 1000
@@ -204,11 +209,18 @@ class BlindPnPNet(nn.Module):
                 ransac_threshold=c.ransac_threshold,
                 ransac_iterations=c.ransac_iterations,
                 sparse_topk=c.pnp_sparse_topk,
+                robust=c.pnp_robust,
+                robust_scale=c.pnp_robust_scale,
                 row_mask=mask2d,
                 col_mask=mask3d,
             )
         out.R_init, out.t_init, out.valid = res.R_init, res.t_init, res.valid
-        out.R, out.t = (res.R, res.t) if c.use_pnp else (res.R_init, res.t_init)
+        if c.use_pnp:
+            # A sample the layer flags degenerate keeps its RANSAC pose (and gets no pose gradient).
+            out.R = torch.where(res.valid[:, None, None], res.R, res.R_init)
+            out.t = torch.where(res.valid[:, None], res.t, res.t_init)
+        else:
+            out.R, out.t = res.R_init, res.t_init
 
     @torch.no_grad()
     def predict(

@@ -89,10 +89,12 @@ class BlindPnPModule(pl.LightningModule):
     def method_output(self, out: NetworkOutput, topk: int | None = None) -> MethodOutput:
         """The network's answer in the evaluation package's format."""
         rows, cols, scores = topk_matches(out.P.detach(), topk or self.net.topk(out.P.shape[1]))
+        # Samples the PnP layer flags degenerate still have the RANSAC pose: a failure only if not finite.
+        posed = torch.isfinite(out.R).all((-1, -2)) & torch.isfinite(out.t).all(-1)
         return MethodOutput(
             R=out.R.detach(),
             t=out.t.detach(),
-            valid=out.valid,
+            valid=posed,
             pairs=torch.stack([rows, cols], -1),
             scores=scores,
             plan=out.P_full.detach(),
