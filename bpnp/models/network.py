@@ -122,6 +122,10 @@ class NetConfig:
     ransac_iterations: int = 1000
     topk_factor: float = 1.5
 
+    def __post_init__(self) -> None:
+        if self.pnp_robust is not None and self.pnp_sparse_topk is None:
+            raise ValueError("net.pnp_robust needs net.pnp_sparse_topk (robust kernels use the top pairs of P)")
+
 
 class BlindPnPNet(nn.Module):
     """Encoders + cost head + Sinkhorn + RANSAC + weighted PnP, configured by :class:`NetConfig`."""
