@@ -11,7 +11,9 @@ Every stage can be switched off for ablations (``use_pnp=False`` returns the RAN
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -124,15 +126,16 @@ class NetConfig:
 
     def __post_init__(self) -> None:
         if self.pnp_robust is not None and self.pnp_sparse_topk is None:
-            raise ValueError("net.pnp_robust needs net.pnp_sparse_topk (robust kernels use the top pairs of P)")
+            raise ValueError("net.pnp_robust needs net.pnp_sparse_topk (robust kernels work on top pairs)")
 
 
 class BlindPnPNet(nn.Module):
     """Encoders + cost head + Sinkhorn + RANSAC + weighted PnP, configured by :class:`NetConfig`."""
 
-    def __init__(self, config: NetConfig | None = None):
+    def __init__(self, config: NetConfig | Mapping[str, Any] | None = None):
         super().__init__()
-        self.config = c = config or NetConfig()
+        # A mapping comes from configs and from hyper-parameters that LightningCLI recorded.
+        self.config = c = NetConfig(**config) if isinstance(config, Mapping) else config or NetConfig()
         self.encoder2d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
         self.encoder3d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
         self.attention = (
