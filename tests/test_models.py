@@ -94,3 +94,24 @@ def test_network_forward_backward_and_predict(cfg):
     assert pred["R"].shape == (3, 3) and pred["matches"].shape[-1] == 2 and pred["P"].shape == (20, 20)
     with torch.inference_mode():
         assert torch.isfinite(net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, with_pose=False).P).all()
+
+
+def test_autocast_keeps_the_geometric_layers_in_float32():
+    torch.manual_seed(0)
+    net = BlindPnPNet(NetConfig(blocks=1, channels=16, feature_dim=16, ransac_iterations=50))
+    b = collate([SyntheticDataset(num_samples=2, num_points=24, seed=2)[i] for i in range(2)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
+    assert out.M.dtype == torch.bfloat16  # the encoders and the cost ran in bfloat16
+    assert out.P.dtype == torch.float32 and out.R.dtype == torch.float32
+    torch.testing.assert_close(out.P.sum((1, 2)), torch.ones(2))
+    assert torch.isfinite(out.R).all() and torch.isfinite(out.t).all()
+
+
+def test_compiled_encoders_match_eager():
+    torch.manual_seed(0)
+    eager = BlindPnPNet(NetConfig(blocks=1, channels=8, feature_dim=8, knn=3))
+    compiled = BlindPnPNet(NetConfig(blocks=1, channels=8, feature_dim=8, knn=3, compile_encoders=True))
+    compiled.load_state_dict(eager.state_dict())
+    x, mask = torch.randn(2, 10, 3), torch.ones(2, 10, dtype=torch.bool)
+    torch.testing.assert_close(compiled.encoder2d(x, mask), eager.encoder2d(x, mask), atol=1e-5, rtol=1e-5)

@@ -98,6 +98,7 @@ class NetConfig:
             among the top ones do not pull the pose.
         ransac_init: "opencv" or "torch"; ``ransac_threshold`` and ``ransac_iterations`` as BPnPNet.
         topk_factor: RANSAC gets ``min(1000, topk_factor * m)`` pairs.
+        compile_encoders: wrap both encoders in ``torch.compile`` (worth it on GPUs).
     """
 
     feature_dim: int = 128
@@ -123,6 +124,7 @@ class NetConfig:
     ransac_threshold: float = 0.01
     ransac_iterations: int = 1000
     topk_factor: float = 1.5
+    compile_encoders: bool = False
 
     def __post_init__(self) -> None:
         if self.pnp_robust is not None and self.pnp_sparse_topk is None:
@@ -138,6 +140,9 @@ class BlindPnPNet(nn.Module):
         self.config = c = NetConfig(**config) if isinstance(config, Mapping) else config or NetConfig()
         self.encoder2d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
         self.encoder3d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
+        if c.compile_encoders:  # in place: parameter names (and checkpoints) stay the same
+            self.encoder2d.compile()
+            self.encoder3d.compile()
         self.attention = (
             CrossAttention(c.feature_dim, layers=c.attention_layers) if c.attention_layers > 0 else None
         )

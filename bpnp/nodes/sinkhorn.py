@@ -96,8 +96,8 @@ def sinkhorn(
             are appended with marginals ``[1,...,1, n] / (m + n)`` and ``[1,...,1, m] / (m + n)``
             (``m``, ``n`` counting valid entries); then ``r`` and ``c`` must be None.
     Returns:
-        ``P`` (B, m, n), or (B, m + 1, n + 1) with a dustbin (last row / column), in ``M``'s dtype
-        (half precision is computed in float32).
+        ``P`` (B, m, n), or (B, m + 1, n + 1) with a dustbin (last row / column), in ``M``'s dtype;
+        half-precision costs (e.g. under autocast) are solved and returned in float32.
     """
     if M.dim() != 3:
         raise ValueError(f"sinkhorn: 'M' must have shape (B, m, n), got {tuple(M.shape)}")
@@ -107,17 +107,20 @@ def sinkhorn(
         raise ValueError(
             f"sinkhorn: need gamma > 0, max_iter >= 1, tol >= 0 (got {gamma}, {max_iter}, {tol})"
         )
-    out_dtype = M.dtype
     if M.dtype not in (torch.float32, torch.float64):
         M = M.float()
     B, m, n = M.shape
+    padded = row_mask is not None or col_mask is not None
     row_mask = torch.ones(B, m, dtype=torch.bool, device=M.device) if row_mask is None else row_mask.bool()
     col_mask = torch.ones(B, n, dtype=torch.bool, device=M.device) if col_mask is None else col_mask.bool()
     with torch.autocast(M.device.type, enabled=False):
-        valid = row_mask[:, :, None] & col_mask[:, None, :]
-        if bool((valid & ~torch.isfinite(M)).any()):
+        if padded:
+            valid = row_mask[:, :, None] & col_mask[:, None, :]
+            if bool((valid & ~torch.isfinite(M)).any()):
+                raise ValueError("sinkhorn: 'M' has non-finite entries at unmasked positions")
+            M = torch.where(valid, M, torch.zeros_like(M))
+        elif not bool(torch.isfinite(M).all()):
             raise ValueError("sinkhorn: 'M' has non-finite entries at unmasked positions")
-        M = torch.where(valid, M, torch.zeros_like(M))
         if dustbin is not None:
             if r is not None or c is not None:
                 raise ValueError("sinkhorn: with 'dustbin' the marginals are fixed; pass r=None and c=None")
@@ -134,7 +137,7 @@ def sinkhorn(
             P = _ImplicitSinkhorn.apply(M, r, c, float(gamma), int(max_iter), float(tol))
         else:
             P = solve_log_domain_unrolled(gamma * M, r, c, max_iter, tol)
-    return P.to(out_dtype)
+    return P
 
 
 class Sinkhorn(nn.Module):

@@ -154,11 +154,13 @@ def sinkhorn_vjp(
     """
     if cg_tol is None:
         cg_tol = 1e-10 if P.dtype == torch.float64 else 1e-6
-    W = P * V
-    a, b = W.sum(-1), W.sum(-2)
+    # Row and column sums of P * V without materialising the product.
+    a = torch.einsum("bij,bij->bi", P, V)
+    b = torch.einsum("bij,bij->bj", P, V)
     if P.shape[1] <= P.shape[2]:
         lam, mu = _multipliers_rows(P, a, b, direct_max, cg_tol, cg_max_iter)
     else:
         mu, lam = _multipliers_rows(P.transpose(1, 2), b, a, direct_max, cg_tol, cg_max_iter)
-    grad_M = gamma * (P * (lam[:, :, None] + mu[:, None, :]) - W)
+    # gamma P (lambda_i + mu_j - V_ij), built in one (B, m, n) buffer.
+    grad_M = (lam[:, :, None] + mu[:, None, :]).sub_(V).mul_(P).mul_(gamma)
     return grad_M, lam, mu

@@ -59,7 +59,10 @@ def log_domain_iterations(C: Tensor, log_r: Tensor, log_c: Tensor, f: Tensor, g:
 
 def plan_from_potentials(C: Tensor, f: Tensor, g: Tensor) -> Tensor:
     """``P = exp(f_i + g_j - C_ij)``: (B, m, n)."""
-    return torch.exp(f[:, :, None] + g[:, None, :] - C)
+    if torch.is_grad_enabled() and (C.requires_grad or f.requires_grad or g.requires_grad):
+        return torch.exp(f[:, :, None] + g[:, None, :] - C)
+    # One allocation instead of three: these (B, m, n) buffers dominate the cost outside the loop.
+    return torch.neg(C).add_(f[:, :, None]).add_(g[:, None, :]).exp_()
 
 
 def row_error(P: Tensor, r: Tensor) -> Tensor:
@@ -76,7 +79,10 @@ class _ScalingState:
         row_ok, col_ok = torch.isfinite(self.log_r), torch.isfinite(self.log_c)
         if init is None:
             # Row-minimum shift: every valid row of K then holds an entry equal to r_i (no row underflows).
-            row_min = torch.where(row_ok[:, :, None] & col_ok[:, None, :], C, torch.inf).amin(-1)
+            if bool(row_ok.all()) and bool(col_ok.all()):
+                row_min = C.amin(-1)
+            else:
+                row_min = torch.where(row_ok[:, :, None] & col_ok[:, None, :], C, torch.inf).amin(-1)
             init = (self.log_r + row_min.clamp_max(1e30), torch.zeros_like(self.log_c))
         self.f = torch.where(row_ok, init[0], -torch.inf)
         self.g = torch.where(col_ok, init[1], -torch.inf)
@@ -113,6 +119,10 @@ class _ScalingState:
 
     def plan(self) -> Tensor:
         return self.u[:, :, None] * self.K * self.v[:, None, :]
+
+    def plan_in_place(self) -> Tensor:
+        """The plan written over the kernel (the state is unusable afterwards)."""
+        return self.K.mul_(self.u[:, :, None]).mul_(self.v[:, None, :])
 
     def potentials(self) -> tuple[Tensor, Tensor]:
         lu, lv = self.log_scalings()
@@ -166,7 +176,7 @@ def _solve_stage(
 ) -> tuple[Tensor, Tensor, Tensor, SolverInfo]:
     """One Sinkhorn solve; returns the plan, the final log-potentials ``f`` (B, m), ``g`` (B, n), info."""
     B = C.shape[0]
-    P = torch.zeros_like(C)
+    P: Tensor | None = None
     f_out, g_out = torch.zeros_like(r), torch.zeros_like(c)
     iterations = torch.zeros(B, dtype=torch.long, device=C.device)
     error = torch.zeros(B, dtype=C.dtype, device=C.device)
@@ -203,7 +213,14 @@ def _solve_stage(
         err = state.error()
         converged = err <= tol if tol > 0 else torch.zeros_like(err, dtype=torch.bool)
         finished = converged | (done >= max_iter)
+        if bool(finished.all()) and active.numel() == B:
+            # The whole batch stops together (the usual case): no copy of the plan.
+            f, g = state.potentials()
+            info = SolverInfo(iterations=torch.full_like(iterations, done), error=err)
+            return state.plan_in_place(), f, g, info
         if bool(finished.any()):
+            if P is None:
+                P = torch.zeros_like(C)
             idx = finished.nonzero().squeeze(1)
             P[active[idx]] = state.plan()[idx]
             f, g = state.potentials()
@@ -213,6 +230,8 @@ def _solve_stage(
             keep = (~finished).nonzero().squeeze(1)
             active = active[keep]
             state.select(keep)
+    if P is None:  # an empty batch
+        P = torch.zeros_like(C)
     return P, f_out, g_out, SolverInfo(iterations=iterations, error=error)
 
 
