@@ -4,6 +4,7 @@ validation pictures on disk; with ``WANDB_MODE=disabled`` nothing is written."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def _isolated(tmp_path, monkeypatch):
         # viz tests hold one) makes Filament abort the interpreter at exit.
         monkeypatch.setenv("BPNP_RENDER_BACKEND", "matplotlib")
         monkeypatch.delenv("WANDB_DIR", raising=False)
+        # A run another test left open (e.g. a disabled one) would be reused by WandbLogger.
+        wandb.finish()
+        wandb.teardown()
         yield
         # wandb reads WANDB_MODE once per process: reset it so the next test's mode applies
         wandb.finish()
@@ -96,7 +100,13 @@ def test_offline_run_holds_config_metrics_and_pictures(tmp_path, monkeypatch):
 
     runs = sorted((save_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one offline run under {save_dir / 'wandb'}"
-    config, history, summary = read_run(next(runs[0].glob("run-*.wandb")))
+    run_file = next(runs[0].glob("run-*.wandb"))
+    # wandb's service may still be writing (config updates are flushed late): wait for the exit record.
+    deadline = time.monotonic() + 120
+    while not any(r.WhichOneof("record_type") == "exit" for r in run_records(run_file)):
+        assert time.monotonic() < deadline, f"{run_file} has no exit record"
+        time.sleep(0.5)
+    config, history, summary = read_run(run_file)
 
     # the whole command-line config, trainer included, and the hyper-parameters
     full = config["config"]
