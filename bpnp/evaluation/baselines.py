@@ -130,6 +130,21 @@ def _inliers_first(pairs: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, 
     return pairs[order], inliers[order].astype(np.float64)
 
 
+def _per_problem(batch: Batch, solve) -> MethodOutput:
+    """Run ``solve(uv, X, K, match) -> (RANSAC result or None, pairs (k, 2))`` on every problem of a
+    batch (OpenCV works per problem) and pack the poses and pairs, RANSAC inliers first."""
+    results, pairs, scores = [], [], []
+    for b in range(len(batch)):
+        res, p = solve(*_problem_arrays(batch, b))
+        results.append(res)
+        p, s = _inliers_first(p, res.inliers) if res is not None else (p, np.zeros(len(p)))
+        pairs.append(p)
+        scores.append(s)
+    R, t, valid = _pose_tensors(results, batch.points3d)
+    P, S = _pad_pairs(pairs, scores)
+    return MethodOutput(R=R, t=t, valid=valid, pairs=P, scores=S)
+
+
 class OracleBaseline:
     """PnP-RANSAC on the ground-truth correspondences: what a perfect matcher would reach."""
 
@@ -139,19 +154,11 @@ class OracleBaseline:
         self.ransac = ransac or RansacConfig()
 
     def __call__(self, batch: Batch) -> MethodOutput:
-        results, pairs, scores = [], [], []
-        for b in range(len(batch)):
-            uv, X, K, match = _problem_arrays(batch, b)
+        def solve(uv: np.ndarray, X: np.ndarray, K: np.ndarray, match: np.ndarray):
             i = np.flatnonzero(match >= 0)
-            p = np.stack([i, match[i]], axis=1)
-            res = ransac_pnp(X[match[i]], uv[i], K, self.ransac)
-            results.append(res)
-            p, s = _inliers_first(p, res.inliers) if res is not None else (p, np.zeros(len(p)))
-            pairs.append(p)
-            scores.append(s)
-        R, t, valid = _pose_tensors(results, batch.points3d)
-        P, S = _pad_pairs(pairs, scores)
-        return MethodOutput(R=R, t=t, valid=valid, pairs=P, scores=S)
+            return ransac_pnp(X[match[i]], uv[i], K, self.ransac), np.stack([i, match[i]], axis=1)
+
+        return _per_problem(batch, solve)
 
 
 class RandomBaseline:
@@ -197,17 +204,7 @@ class RandomBaseline:
                 return best, best_pairs
 
     def __call__(self, batch: Batch) -> MethodOutput:
-        results, pairs, scores = [], [], []
-        for b in range(len(batch)):
-            uv, X, K, _ = _problem_arrays(batch, b)
-            res, p = self._solve(uv, X, K)
-            results.append(res)
-            p, s = _inliers_first(p, res.inliers) if res is not None else (p, np.zeros(len(p)))
-            pairs.append(p)
-            scores.append(s)
-        R, t, valid = _pose_tensors(results, batch.points3d)
-        P, S = _pad_pairs(pairs, scores)
-        return MethodOutput(R=R, t=t, valid=valid, pairs=P, scores=S)
+        return _per_problem(batch, lambda uv, X, K, _: self._solve(uv, X, K))
 
 
 def hungarian_pairs(cost: np.ndarray, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:
