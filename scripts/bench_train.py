@@ -23,7 +23,6 @@ from bpnp.data import SyntheticDataset, collate
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 from bpnp.models import BlindPnPNet, NetConfig
 from bpnp.nodes import weighted_pnp
-from bpnp.nodes.pnp.layer import _initial_pose
 from bpnp.training.losses import correspondence_loss, rotation_loss, translation_loss
 
 
@@ -70,9 +69,11 @@ def main() -> None:
             loss = correspondence_loss(P, b.match)
         if args.pose:
             with timed("ransac init"):
-                k = net.topk(args.points)
-                R0, t0 = _initial_pose(True, x2d, b.points3d, P.detach(), cfg.ransac_init, k,
-                                       cfg.ransac_threshold, cfg.ransac_iterations, None)  # fmt: skip
+                # max_iter=0: the layer returns its RANSAC initial pose.
+                init = weighted_pnp(x2d, b.points3d, P.detach(), max_iter=0, init=cfg.ransac_init,
+                                    topk=net.topk(args.points), ransac_threshold=cfg.ransac_threshold,
+                                    ransac_iterations=cfg.ransac_iterations)  # fmt: skip
+                R0, t0 = init.R_init, init.t_init
             with timed("pnp layer"):
                 res = weighted_pnp(x2d, b.points3d, P, pose_init=(R0, t0), max_iter=cfg.pnp_max_iter)
             with timed("losses"):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import Sinkhorn, weighted_pnp
+from bpnp.nodes.pnp.ransac import top_pairs
 
 
 @dataclass
@@ -72,9 +73,8 @@ def topk_matches(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     Returns:
         rows (B, k), cols (B, k) int64 and scores (B, k), in decreasing score.
     """
-    B, m, n = P.shape
-    scores, flat = P.flatten(1).topk(min(k, m * n), dim=1)
-    return flat // n, flat % n, scores
+    # Every row's candidates kept (per_row = n): exact for any matrix, not only transport plans.
+    return top_pairs(P, k, per_row=P.shape[2])
 
 
 @dataclass
