@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from bpnp.data import SyntheticDataset, collate
-from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 from bpnp.models import BlindPnPNet, NetConfig
 from bpnp.nodes import weighted_pnp
 from bpnp.training.losses import correspondence_loss, rotation_loss, translation_loss
@@ -61,10 +60,9 @@ def main() -> None:
         with timed("data loading"):
             b = next(loader)
         with timed("encoders"):
-            x2d = pixels_to_normalized(b.points2d, b.K) * b.mask2d[..., None]
-            f, g = net.features(normalized_to_bearings(x2d), b.points3d, b.mask2d, b.mask3d)
+            M, x2d = net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
         with timed("sinkhorn"):
-            P = net.sinkhorn(net.cost(f, g), b.mask2d, b.mask3d)
+            P = net.sinkhorn(M, b.mask2d, b.mask3d)
         with timed("losses"):
             loss = correspondence_loss(P, b.match)
         if args.pose:

@@ -4,14 +4,17 @@ import pytest
 import torch
 
 from bpnp.data import SyntheticDataset, collate
+from bpnp.geometry import rotation_error_deg
 from bpnp.models import (
     BlindPnPNet,
     NetConfig,
+    NetworkOutput,
     PointEncoder,
     masked_context_norm,
     normalise_cloud,
     topk_matches,
 )
+from bpnp.training.losses import match_matrix
 
 
 def test_masked_context_norm_equals_instance_norm_on_valid_points():
@@ -96,16 +99,34 @@ def test_network_forward_backward_and_predict(cfg):
         assert torch.isfinite(net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, with_pose=False).P).all()
 
 
-def test_autocast_keeps_the_geometric_layers_in_float32():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_keeps_geometry_and_cost_accurate(dtype):
     torch.manual_seed(0)
-    net = BlindPnPNet(NetConfig(blocks=1, channels=16, feature_dim=16, ransac_iterations=50))
+    net = BlindPnPNet(
+        NetConfig(blocks=1, channels=16, feature_dim=16, ransac_iterations=50, pnp_objective="reprojection")
+    )
     b = collate([SyntheticDataset(num_samples=2, num_points=24, seed=2)[i] for i in range(2)])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
-    assert out.M.dtype == torch.bfloat16  # the encoders and the cost ran in bfloat16
-    assert out.P.dtype == torch.float32 and out.R.dtype == torch.float32
-    torch.testing.assert_close(out.P.sum((1, 2)), torch.ones(2))
-    assert torch.isfinite(out.R).all() and torch.isfinite(out.t).all()
+    _, x2d_ref = net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
+    f = torch.nn.functional.normalize(torch.randn(2, 24, 16), dim=-1)
+    g = torch.nn.functional.normalize(f + 1e-3 * torch.randn(2, 24, 16), dim=-1)  # near matches
+    cost_ref = net.cost(f, g)
+    with torch.autocast("cpu", dtype=dtype):
+        _, x2d = net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
+        cost = net.cost(f, g)
+        # The pose stage on the true matches, as the forward pass runs it.
+        out = NetworkOutput(P=match_matrix(b.match, 24).float() / 24, P_full=None, M=None)
+        net._pose(out, x2d, b.points3d, b.mask2d, b.mask3d)
+    assert x2d.dtype == torch.float32 and cost.dtype == torch.float32
+    torch.testing.assert_close(x2d, x2d_ref, rtol=0, atol=1e-7)
+    assert (cost - cost_ref).abs().max() < 1e-5
+    assert rotation_error_deg(out.R.double(), b.R.double()).max() < 1e-4
+
+
+def test_cost_gradient_is_finite_at_identical_features():
+    net = BlindPnPNet(NetConfig(blocks=1, channels=8, feature_dim=8))
+    f = torch.nn.functional.normalize(torch.randn(1, 5, 8), dim=-1).requires_grad_()
+    net.cost(f, f.detach()).sum().backward()
+    assert torch.isfinite(f.grad).all()
 
 
 def test_compiled_encoders_match_eager():

@@ -12,7 +12,6 @@ from torch import Tensor
 from bpnp.data.sample import Batch
 from bpnp.evaluation.baselines import HungarianMatcher, RansacConfig
 from bpnp.evaluation.method import Method, MethodOutput
-from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 
 if TYPE_CHECKING:  # evaluation stays importable without pulling in Lightning
     from bpnp.training.module import BlindPnPModule
@@ -35,11 +34,8 @@ class NetworkMethod:
 def feature_cost(module: BlindPnPModule, batch: Batch) -> Tensor:
     """The network's cost matrix (B, M, N), ``||f_i - g_j||`` of its unit features, made from the
     batch the way the forward pass makes it (pixels -> normalised coordinates -> bearings)."""
-    net = module.net
-    x2d = pixels_to_normalized(batch.points2d, batch.K) * batch.mask2d[..., None].to(batch.points2d.dtype)
     with torch.no_grad():
-        f, g = net.features(normalized_to_bearings(x2d), batch.points3d, batch.mask2d, batch.mask3d)
-        return net.cost(f, g)
+        return module.net.match_cost(batch.points2d, batch.points3d, batch.K, batch.mask2d, batch.mask3d)[0]
 
 
 def hungarian_on_features(module: BlindPnPModule, ransac: RansacConfig | None = None) -> HungarianMatcher:

@@ -2,6 +2,7 @@
 
     pixels --K^-1--> bearings --encoder2d--> f (B, m, D)
     3D points (centred, scaled) --encoder3d--> g (B, n, D)
+    [optional view canonicalisation: both sets expressed in one coarse camera frame first]
     [optional cross-attention between the sets]
     M = ||f_i - g_j||  (B, m, n)  --Sinkhorn (+ dustbin)-->  P
     top-k of P --RANSAC--> initial pose --weighted PnP on P--> (R, t)
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
+from bpnp.geometry.view_search import canonical_camera, dense_points, view_search
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import Sinkhorn, weighted_pnp
 from bpnp.nodes.pnp.ransac import top_pairs
@@ -99,6 +101,12 @@ class NetConfig:
         ransac_init: "opencv" or "torch"; ``ransac_threshold`` and ``ransac_iterations`` as BPnPNet.
         topk_factor: RANSAC gets ``min(1000, topk_factor * m)`` pairs.
         compile_encoders: wrap both encoders in ``torch.compile`` (worth it on GPUs).
+        view_search: express both sets in a coarse camera frame before encoding: the 2D set in the
+            canonical camera (mean bearing on the optical axis, then centred and scaled), the 3D set
+            rotated by the best silhouette match of :func:`~bpnp.geometry.view_search.view_search`
+            (or by a rotation prior passed to ``forward``), so the encoders see roughly aligned sets
+            under any camera rotation and only learn the residual.
+        view_search_points: points per set in the search's refinement (its accuracy grows with it).
     """
 
     feature_dim: int = 128
@@ -125,6 +133,8 @@ class NetConfig:
     ransac_iterations: int = 1000
     topk_factor: float = 1.5
     compile_encoders: bool = False
+    view_search: bool = False
+    view_search_points: int = 256
 
     def __post_init__(self) -> None:
         if self.pnp_robust is not None and self.pnp_sparse_topk is None:
@@ -154,10 +164,21 @@ class BlindPnPNet(nn.Module):
         return max(4, min(1000, int(self.config.topk_factor * m)))
 
     def features(
-        self, bearings: Tensor, points3d: Tensor, mask2d: Tensor, mask3d: Tensor
+        self,
+        bearings: Tensor,
+        points3d: Tensor,
+        mask2d: Tensor,
+        mask3d: Tensor,
+        view: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Unit features (B, m, D) and (B, n, D) of bearings (B, m, 3) and world points (B, n, 3)."""
+        """Unit features (B, m, D) and (B, n, D) of bearings (B, m, 3) and world points (B, n, 3).
+
+        Args:
+            view: (B, 3, 3) world-to-camera rotation prior for ``view_search`` (None: searched).
+        """
         p3, _, _ = normalise_cloud(points3d, mask3d)
+        if self.config.view_search:
+            bearings, p3 = self._canonical_inputs(bearings, points3d, p3, mask2d, mask3d, view)
         f, g = self.encoder2d(bearings, mask2d), self.encoder3d(p3, mask3d)
         if self.attention is not None:
             f, g = self.attention(f, g, mask2d, mask3d)
@@ -165,13 +186,66 @@ class BlindPnPNet(nn.Module):
             g = nn.functional.normalize(g, dim=-1) * mask3d[..., None].to(g.dtype)
         return f, g
 
+    @torch.no_grad()
+    def _canonical_inputs(
+        self,
+        bearings: Tensor,
+        points3d: Tensor,
+        p3: Tensor,
+        mask2d: Tensor,
+        mask3d: Tensor,
+        view: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """2D input (B, m, 3): canonical image coordinates, centred and scaled to unit RMS over the
+        dense points, with a constant third channel; 3D input: ``p3`` rotated into that camera."""
+        dense = dense_points(bearings, mask2d)
+        if view is None:
+            # A fixed seed per call keeps evaluation deterministic.
+            gen = torch.Generator(bearings.device).manual_seed(0)
+            R_view, R_c = view_search(
+                bearings, points3d, mask2d, mask3d, fine_points=self.config.view_search_points, generator=gen
+            )
+        else:
+            R_c = canonical_camera(bearings, dense)
+            R_view = R_c @ view.to(R_c.dtype)
+        b = bearings @ R_c.transpose(1, 2).to(bearings.dtype)
+        x = b[..., :2] / b[..., 2:].clamp_min(1e-6)
+        w = dense[..., None].to(x.dtype)
+        count = w.sum(1, keepdim=True).clamp_min(1.0)
+        x = x - (x * w).sum(1, keepdim=True) / count
+        x = x / ((x.pow(2).sum(-1, keepdim=True) * w).sum(1, keepdim=True) / count).sqrt().clamp_min(1e-9)
+        m2 = mask2d[..., None].to(x.dtype)
+        x2 = torch.cat([x, torch.ones_like(x[..., :1])], -1) * m2
+        return x2, p3 @ R_view.transpose(1, 2).to(p3.dtype)
+
     def cost(self, f: Tensor, g: Tensor) -> Tensor:
         """Pairwise feature distances (B, m, n) in [0, 2], optionally scaled, clipped at ``cost_clip``."""
-        # ||f - g||^2 = 2 - 2 f.g for unit features; the clamp keeps sqrt differentiable at 0.
-        M = (2.0 - 2.0 * f @ g.transpose(1, 2)).clamp_min(1e-12).sqrt()
-        if self.log_temperature is not None:
-            M = M * self.log_temperature.exp()
-        return M.clamp(max=self.config.cost_clip)
+        # ||f - g||^2 = 2 - 2 f.g for unit features, in float32 at least also under autocast (bf16
+        # rounds f.g of near matches to 1); the eps keeps sqrt's gradient finite at 0.
+        dtype = torch.promote_types(f.dtype, torch.float32)
+        with torch.autocast(f.device.type, enabled=False):
+            d2 = (2.0 - 2.0 * f.to(dtype) @ g.to(dtype).transpose(1, 2)).clamp_min(0.0)
+            M = (d2 + 1e-6).sqrt()
+            if self.log_temperature is not None:
+                M = M * self.log_temperature.exp()
+            return M.clamp(max=self.config.cost_clip)
+
+    def match_cost(
+        self,
+        points2d: Tensor,
+        points3d: Tensor,
+        K: Tensor,
+        mask2d: Tensor,
+        mask3d: Tensor,
+        view: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The cost matrix (B, m, n) and the normalised image coordinates (B, m, 2) it was made from."""
+        # Geometry in float32 at least, also under autocast (bf16 misplaces pixels by ~1 px).
+        dtype = torch.promote_types(points2d.dtype, torch.float32)
+        with torch.autocast(points2d.device.type, enabled=False):
+            x2d = pixels_to_normalized(points2d.to(dtype), K.to(dtype)) * mask2d[..., None].to(dtype)
+        f, g = self.features(normalized_to_bearings(x2d), points3d, mask2d, mask3d, view)
+        return self.cost(f, g), x2d
 
     def forward(
         self,
@@ -181,6 +255,7 @@ class BlindPnPNet(nn.Module):
         mask2d: Tensor | None = None,
         mask3d: Tensor | None = None,
         with_pose: bool = True,
+        view: Tensor | None = None,
     ) -> NetworkOutput:
         """One batch of problems.
 
@@ -188,14 +263,13 @@ class BlindPnPNet(nn.Module):
             points2d: (B, m, 2) pixels; points3d: (B, n, 3) world; K: (B, 3, 3).
             mask2d: (B, m), mask3d: (B, n) bool (default all valid).
             with_pose: run the pose stage (RANSAC and PnP layer).
+            view: (B, 3, 3) rotation prior for ``view_search`` (training passes a perturbed truth).
         """
         B, m, _ = points2d.shape
         n = points3d.shape[1]
         mask2d = torch.ones(B, m, dtype=torch.bool, device=points2d.device) if mask2d is None else mask2d
         mask3d = torch.ones(B, n, dtype=torch.bool, device=points2d.device) if mask3d is None else mask3d
-        x2d = pixels_to_normalized(points2d, K) * mask2d[..., None].to(points2d.dtype)
-        f, g = self.features(normalized_to_bearings(x2d), points3d, mask2d, mask3d)
-        M = self.cost(f, g)
+        M, x2d = self.match_cost(points2d, points3d, K, mask2d, mask3d, view)
         P_full = self.sinkhorn(M, mask2d, mask3d)
         P = P_full[:, :m, :n] if self.sinkhorn.dustbin is not None else P_full
         out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from bpnp.data.sample import Batch
 from bpnp.evaluation import MethodOutput, PoseMetrics
+from bpnp.geometry.view_search import perturb_rotation
 from bpnp.models import BlindPnPNet, NetConfig, NetworkOutput, topk_matches
 from bpnp.training.losses import (
     correspondence_loss,
@@ -29,11 +30,16 @@ class BlindPnPModule(pl.LightningModule):
         net: network hyper-parameters.
         lr, weight_decay: Adam settings (BPnPNet: 1e-3, 1e-3).
         lr_schedule: None, "cosine" (to 0 over the run) or "step" (x0.1 at 2/3 of the run).
-        pose_loss_start_epoch: epoch at which the pose terms switch on (None: never).
-        pose_loss_ramp_epochs: epochs over which their weight ramps linearly to ``pose_loss_weight``.
+        pose_loss_start_epoch: epoch at which the pose terms switch on (None: never); a global step
+            instead with ``pose_loss_unit="step"`` (step-based recipes, whose epochs depend on the data).
+        pose_loss_ramp_epochs: epochs (or steps) over which their weight ramps to ``pose_loss_weight``.
+        pose_loss_unit: ``"epoch"`` or ``"step"``, the unit of the two settings above.
         pose_loss_weight: final weight of ``L_R + L_t``.
         max_nonfinite_steps: consecutive non-finite losses after which training stops with an error.
         val_pose: compute the pose (RANSAC + PnP layer) in validation and test.
+        view_prior_deg: with ``net.view_search``, training replaces the search by the true rotation
+            perturbed by up to this angle (the search's typical error), which costs nothing;
+            validation and test run the search.
     """
 
     def __init__(
@@ -45,10 +51,14 @@ class BlindPnPModule(pl.LightningModule):
         pose_loss_start_epoch: int | None = None,
         pose_loss_ramp_epochs: int = 5,
         pose_loss_weight: float = 1.0,
+        pose_loss_unit: str = "epoch",
         max_nonfinite_steps: int = 20,
         val_pose: bool = True,
+        view_prior_deg: float = 30.0,
     ):
         super().__init__()
+        if pose_loss_unit not in ("epoch", "step"):
+            raise ValueError(f"pose_loss_unit must be 'epoch' or 'step', got {pose_loss_unit!r}")
         if lr_schedule not in (None, "cosine", "step"):
             raise ValueError(f"lr_schedule must be None, 'cosine' or 'step', got {lr_schedule!r}")
         self.save_hyperparameters()
@@ -60,15 +70,18 @@ class BlindPnPModule(pl.LightningModule):
 
     # -- helpers -------------------------------------------------------------------------------
     def forward(self, batch: Batch, with_pose: bool = True) -> NetworkOutput:
-        return self.net(
-            batch.points2d, batch.points3d, batch.K, batch.mask2d, batch.mask3d, with_pose=with_pose
-        )
+        view = None
+        if self.training and self.net.config.view_search:
+            # Seeded by the step, so a resumed run draws the same priors as one that never stopped.
+            gen = torch.Generator().manual_seed(1_000_003 * self.global_step + 7)
+            view = perturb_rotation(batch.R, self.hparams.view_prior_deg, gen)
+        b = batch
+        return self.net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, with_pose=with_pose, view=view)
 
     def current_pose_weight(self) -> float:
         h = self.hparams
-        return pose_weight(
-            self.current_epoch, h.pose_loss_start_epoch, h.pose_loss_ramp_epochs, h.pose_loss_weight
-        )
+        now = self.global_step if h.get("pose_loss_unit", "epoch") == "step" else self.current_epoch
+        return pose_weight(now, h.pose_loss_start_epoch, h.pose_loss_ramp_epochs, h.pose_loss_weight)
 
     def losses(self, batch: Batch, out: NetworkOutput, w_pose: float) -> dict[str, Tensor]:
         """Every loss term (logged separately) and their weighted sum under ``"loss"``."""
@@ -81,7 +94,11 @@ class BlindPnPModule(pl.LightningModule):
             valid = out.valid.to(out.R.dtype)
             count = valid.sum().clamp_min(1.0)
             terms["loss_rot"] = (rotation_loss(out.R, batch.R) * valid).sum() / count
-            terms["loss_trans"] = (translation_loss(out.t, batch.t) * valid).sum() / count
+            # Relative to the depth of the scene's centroid: scale-free, so it is not clamped at once.
+            w = batch.mask3d[..., None].to(batch.points3d.dtype)
+            centroid = (batch.points3d * w).sum(1) / w.sum(1).clamp_min(1.0)
+            depth = (batch.R @ centroid[..., None]).squeeze(-1).add(batch.t).norm(dim=-1).clamp_min(1e-9)
+            terms["loss_trans"] = (translation_loss(out.t, batch.t, depth) * valid).sum() / count
             total = total + w_pose * (terms["loss_rot"] + terms["loss_trans"])
         terms["loss"] = total
         return terms
