@@ -61,3 +61,28 @@ def test_pose_weight_follows_its_unit(unit, epoch, step, expected, monkeypatch):
     monkeypatch.setattr(BlindPnPModule, "current_epoch", property(lambda self: epoch))
     monkeypatch.setattr(BlindPnPModule, "global_step", property(lambda self: step))
     assert module.current_pose_weight() == pytest.approx(expected)
+
+
+def test_switching_the_pose_loss_on_keeps_the_matching():
+    torch.manual_seed(0)
+    module = BlindPnPModule(net=NET, lr=3e-3)
+    train = SyntheticDataset(num_samples=64, num_points=32, max_rotation_deg=45.0, seed=4)
+    val_set = SyntheticDataset(num_samples=16, num_points=32, max_rotation_deg=45.0, split="val", seed=4)
+    val = collate([val_set[i] for i in range(16)])
+    batches = [collate([train[i] for i in range(k, k + 8)]) for k in range(0, 64, 8)]
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+
+    def run(steps: int, w_pose: float) -> float:
+        for step in range(steps):
+            batch = batches[step % len(batches)]
+            loss = module.losses(batch, module(batch, with_pose=w_pose > 0), w_pose)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return float(module._inlier_mass(module(val, with_pose=False).P, val.match))
+
+    before = run(80, 0.0)
+    assert before > 4 / 32  # well above chance (1/32): the matching was learned
+    after = run(24, 0.1)
+    assert after >= 0.9 * before, (before, after)

@@ -198,25 +198,25 @@ class BlindPnPNet(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """2D input (B, m, 3): canonical image coordinates, centred and scaled to unit RMS over the
         dense points, with a constant third channel; 3D input: ``p3`` rotated into that camera."""
-        dense = dense_points(bearings, mask2d)
-        if view is None:
-            # A fixed seed per call keeps evaluation deterministic.
-            gen = torch.Generator(bearings.device).manual_seed(0)
-            R_view, R_c = view_search(
-                bearings, points3d, mask2d, mask3d, fine_points=self.config.view_search_points, generator=gen
-            )
-        else:
-            R_c = canonical_camera(bearings, dense)
-            R_view = R_c @ view.to(R_c.dtype)
-        b = bearings @ R_c.transpose(1, 2).to(bearings.dtype)
-        x = b[..., :2] / b[..., 2:].clamp_min(1e-6)
-        w = dense[..., None].to(x.dtype)
-        count = w.sum(1, keepdim=True).clamp_min(1.0)
-        x = x - (x * w).sum(1, keepdim=True) / count
-        x = x / ((x.pow(2).sum(-1, keepdim=True) * w).sum(1, keepdim=True) / count).sqrt().clamp_min(1e-9)
-        m2 = mask2d[..., None].to(x.dtype)
-        x2 = torch.cat([x, torch.ones_like(x[..., :1])], -1) * m2
-        return x2, p3 @ R_view.transpose(1, 2).to(p3.dtype)
+        with torch.autocast(bearings.device.type, enabled=False):  # geometry in float32 at least
+            dense = dense_points(bearings, mask2d)
+            if view is None:
+                # A fixed seed per call keeps evaluation deterministic.
+                gen = torch.Generator(bearings.device).manual_seed(0)
+                fine = self.config.view_search_points
+                R_view, R_c = view_search(bearings, points3d, mask2d, mask3d, fine_points=fine, generator=gen)
+            else:
+                R_c = canonical_camera(bearings, dense)
+                R_view = R_c @ view.to(R_c.dtype)
+            b = bearings @ R_c.transpose(1, 2).to(bearings.dtype)
+            x = b[..., :2] / b[..., 2:].clamp_min(1e-6)
+            w = dense[..., None].to(x.dtype)
+            count = w.sum(1, keepdim=True).clamp_min(1.0)
+            x = x - (x * w).sum(1, keepdim=True) / count
+            x = x / ((x.pow(2).sum(-1, keepdim=True) * w).sum(1, keepdim=True) / count).sqrt().clamp_min(1e-9)
+            m2 = mask2d[..., None].to(x.dtype)
+            x2 = torch.cat([x, torch.ones_like(x[..., :1])], -1) * m2
+            return x2, p3 @ R_view.transpose(1, 2).to(p3.dtype)
 
     def cost(self, f: Tensor, g: Tensor) -> Tensor:
         """Pairwise feature distances (B, m, n) in [0, 2], optionally scaled, clipped at ``cost_clip``."""
