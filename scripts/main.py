@@ -34,6 +34,21 @@ def save_untrained(model: BlindPnPModule, path: Path, seed: int) -> None:
     )  # fmt: skip
 
 
+def data_overrides(overrides: list[str]) -> list[str]:
+    """The ``--data.*`` arguments among LightningCLI overrides (``--data.k v`` or ``--data.k=v``), so
+    the evaluation runs on the data that was trained on."""
+    out, i = [], 0
+    while i < len(overrides):
+        arg = overrides[i]
+        if arg.startswith("--data.") and "=" in arg:
+            out.append(arg)
+        elif arg.startswith("--data.") and i + 1 < len(overrides):
+            out += [arg, overrides[i + 1]]
+            i += 1
+        i += 1
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
@@ -52,7 +67,8 @@ def main() -> None:
     save_untrained(cli.model, untrained, cli.config["fit"]["seed_everything"])
     print(f"\ntrained for {trained_s / 60:.1f} min; evaluating {best.name} on the test split\n")
 
-    eval_args = ["--data", args.config, "--data.num_workers", "0", "--ckpt", f"[{trained},{untrained}]",
+    eval_args = ["--data", args.config, *data_overrides(overrides), "--data.num_workers", "0",
+                 "--ckpt", f"[{trained},{untrained}]",
                  "--baseline", "[oracle,random]", "--out", str(args.out / "eval")]  # fmt: skip
     if args.eval_limit:
         eval_args += ["--limit", str(args.eval_limit)]

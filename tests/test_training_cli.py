@@ -162,3 +162,12 @@ def test_data_section_of_download_configs_builds_its_source(name, tmp_path):
     sample = dm.dataset("train")[0]
     assert 4 <= len(sample.points2d) <= 64 and 4 <= len(sample.points3d) <= 64
     assert sample.num_inliers >= 4
+
+
+def test_main_job_evaluates_on_the_data_it_trained_on():
+    main = load_script("main")
+    overrides = ["--trainer.max_epochs", "1", "--data.options", "{num_points: 64}", "--data.seed=3",
+                 "--model.lr", "0.01", "--data.outlier_rate_2d", "0.5"]  # fmt: skip
+    assert main.data_overrides(overrides) == [
+        "--data.options", "{num_points: 64}", "--data.seed=3", "--data.outlier_rate_2d", "0.5"
+    ]
