@@ -13,6 +13,7 @@ a rotation found here is ``R_view ~= R_c @ R_true`` (world to canonical camera).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -47,6 +48,7 @@ def canonical_camera(bearings: Tensor, mask: Tensor) -> Tensor:
     return _rotation_to_z(torch.nn.functional.normalize(mean, dim=-1))
 
 
+@functools.cache
 def rotation_grid(directions: int, inplane: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """``directions * inplane`` rotations (H, 3, 3) covering SO(3): optical axes on a Fibonacci
     sphere, each with ``inplane`` evenly spaced rotations about it."""
@@ -139,12 +141,36 @@ def _local_steps(step_deg: float, dtype: torch.dtype, device: torch.device) -> T
     return torch.cat([torch.eye(3, dtype=torch.float64)[None], axis_angle_to_matrix(a)]).to(dtype).to(device)
 
 
+def canonical_image(bearings: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The 2D set in the canonical camera, robust to uniform clutter.
+
+    Args:
+        bearings: (B, m, 3) unit bearings; mask: (B, m) bool.
+    Returns:
+        ``R_c`` (B, 3, 3) (mean dense bearing to the optical axis), image coordinates (B, m, 2) in
+        that camera centred on the dense points, their RMS radius (B,) over the dense points, and
+        the dense points (B, m) bool (:func:`dense_points`).
+    """
+    dtype = torch.promote_types(bearings.dtype, torch.float32)
+    bearings = bearings.to(dtype)
+    dense = dense_points(bearings, mask)
+    R_c = canonical_camera(bearings, dense)
+    b = bearings @ R_c.transpose(1, 2)
+    x = b[..., :2] / b[..., 2:].clamp_min(1e-6)
+    w = dense.to(dtype)
+    count = w.sum(1, keepdim=True).clamp_min(1.0)
+    x = x - (x * w[..., None]).sum(1, keepdim=True) / count[..., None]
+    rms = ((x.pow(2).sum(-1) * w).sum(1) / count[:, 0]).sqrt()
+    return R_c, x, rms, dense
+
+
 @torch.no_grad()
-def view_search(
-    bearings: Tensor,
+def search_rotation(
+    x: Tensor,
+    rms: Tensor,
+    dense2d: Tensor,
     points3d: Tensor,
-    mask2d: Tensor,
-    mask3d: Tensor,
+    dense3d: Tensor,
     directions: int = 100,
     inplane: int = 24,
     keep: int = 8,
@@ -154,75 +180,62 @@ def view_search(
     truncate: float = 0.25,
     chunk: int = 600,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Rotations whose projection of the 3D set best matches the 2D set, in the canonical camera.
+) -> Tensor:
+    """The rotation (B, 3, 3), world to canonical camera, whose projection of the 3D set best
+    matches the canonical image ``x`` (B, m, 2) of RMS radius ``rms`` (B,) (:func:`canonical_image`),
+    comparing the points ``dense2d`` (B, m) and ``dense3d`` (B, n) of ``points3d`` (B, n, 3).
 
     A grid of ``directions * inplane`` rotations is scored on ``coarse_points`` random points of
     each set; the best ``keep`` are refined by greedy rotation steps of ``steps_deg`` (two rounds
     each) on ``fine_points`` points, and the best refined one is returned. Not differentiable.
-
-    Args:
-        bearings: (B, m, 3) unit bearings of the 2D points; points3d: (B, n, 3) world points;
-        mask2d: (B, m), mask3d: (B, n) bool.
-        truncate: Chamfer squared-distance cap (in units of the 2D set's RMS radius).
-        chunk: rotations scored at once (memory: B * chunk * coarse_points^2 floats).
-        generator: for the random point subsets (deterministic search).
-    Returns:
-        ``R_view`` (B, 3, 3) world to canonical camera, and ``R_c`` (B, 3, 3) the canonical
-        camera's rotation from the real one (so ``R_c.T @ R_view`` estimates the camera rotation).
+    ``truncate`` caps the Chamfer squared distances (in units of the 2D set's RMS radius); ``chunk``
+    rotations are scored at once (memory: B * chunk * coarse_points^2 floats); ``generator`` draws
+    the random point subsets (deterministic search).
     """
-    dtype = torch.promote_types(bearings.dtype, torch.float32)
-    bearings, points3d = bearings.to(dtype), points3d.to(dtype)
-    B = bearings.shape[0]
-    mask2d, mask3d = dense_points(bearings, mask2d), dense_points(points3d, mask3d)
-    R_c = canonical_camera(bearings, mask2d)
-    b = bearings @ R_c.transpose(1, 2)
-    x = b[..., :2] / b[..., 2:].clamp_min(1e-6)
-    w2_all = mask2d.to(dtype)
-    count2 = w2_all.sum(1, keepdim=True).clamp_min(1.0)
-    xc = x - (x * w2_all[..., None]).sum(1, keepdim=True) / count2[..., None]
-    depth_ratio = ((xc.pow(2).sum(-1) * w2_all).sum(1) / count2[:, 0]).sqrt()
-    w3_all = mask3d.to(dtype)
-    X = (
-        points3d
-        - (points3d * w3_all[..., None]).sum(1, keepdim=True) / w3_all.sum(1).clamp_min(1.0)[:, None, None]
-    )
+    dtype = x.dtype
+    points3d = points3d.to(dtype)
+    B = x.shape[0]
+    w3 = dense3d.to(dtype)[..., None]
+    X = points3d - (points3d * w3).sum(1, keepdim=True) / w3.sum(1, keepdim=True).clamp_min(1.0)
 
     def sets(k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        i2, w2 = _subset(mask2d, k, generator)
-        i3, w3 = _subset(mask3d, k, generator)
+        i2, w2 = _subset(dense2d, k, generator)
+        i3, w3 = _subset(dense3d, k, generator)
         p2 = _normalise_2d(x.gather(1, i2[..., None].expand(-1, -1, 2)), w2.to(dtype))
         return X.gather(1, i3[..., None].expand(-1, -1, 3)), w3.to(dtype), p2, w2.to(dtype)
 
-    grid = rotation_grid(directions, inplane, dtype).to(bearings.device)
+    grid = rotation_grid(directions, inplane, dtype).to(x.device)
     X3, w3, p2, w2 = sets(coarse_points)
-    score = torch.cat(
-        [
-            silhouette_distance(
-                grid[None, i : i + chunk].expand(B, -1, -1, -1), X3, w3, p2, w2, depth_ratio, truncate
-            )
-            for i in range(0, len(grid), chunk)
-        ],
-        dim=1,
-    )
+    chunks = [grid[None, i : i + chunk].expand(B, -1, -1, -1) for i in range(0, len(grid), chunk)]
+    score = torch.cat([silhouette_distance(R, X3, w3, p2, w2, rms, truncate) for R in chunks], dim=1)
     best, top = score.topk(min(keep, len(grid)), dim=1, largest=False)
     cand = grid[top]  # (B, keep, 3, 3)
     if steps_deg:
         X3, w3, p2, w2 = sets(fine_points)
-        best = silhouette_distance(cand, X3, w3, p2, w2, depth_ratio, truncate)
+        best = silhouette_distance(cand, X3, w3, p2, w2, rms, truncate)
         rows = torch.arange(B, device=cand.device)[:, None]
         cols = torch.arange(cand.shape[1], device=cand.device)[None]
         for step in steps_deg:
             moves = _local_steps(step, dtype, cand.device)
             for _ in range(2):
                 trial = (moves[None, None] @ cand[:, :, None]).reshape(B, -1, 3, 3)
-                s = silhouette_distance(trial, X3, w3, p2, w2, depth_ratio, truncate).reshape(
-                    B, cand.shape[1], -1
-                )
+                s = silhouette_distance(trial, X3, w3, p2, w2, rms, truncate).reshape(B, cand.shape[1], -1)
                 best, k = s.min(-1)
                 cand = trial.reshape(B, cand.shape[1], -1, 3, 3)[rows, cols, k]
-    R_view = cand[torch.arange(B, device=cand.device), best.argmin(1)]
-    return R_view, R_c
+    return cand[torch.arange(B, device=cand.device), best.argmin(1)]
+
+
+def view_search(
+    bearings: Tensor, points3d: Tensor, mask2d: Tensor, mask3d: Tensor, **options
+) -> tuple[Tensor, Tensor]:
+    """:func:`search_rotation` from bearings (B, m, 3) and world points (B, n, 3) with their masks.
+
+    Returns:
+        ``R_view`` (B, 3, 3) world to canonical camera, and ``R_c`` (B, 3, 3) the canonical
+        camera's rotation from the real one (so ``R_c.T @ R_view`` estimates the camera rotation).
+    """
+    R_c, x, rms, dense2d = canonical_image(bearings, mask2d)
+    return search_rotation(x, rms, dense2d, points3d, dense_points(points3d, mask3d), **options), R_c
 
 
 def perturb_rotation(R: Tensor, max_deg: float, generator: torch.Generator | None = None) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
-from bpnp.geometry.view_search import canonical_camera, dense_points, view_search
+from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import Sinkhorn, weighted_pnp
 from bpnp.nodes.pnp.ransac import top_pairs
@@ -199,24 +199,18 @@ class BlindPnPNet(nn.Module):
         """2D input (B, m, 3): canonical image coordinates, centred and scaled to unit RMS over the
         dense points, with a constant third channel; 3D input: ``p3`` rotated into that camera."""
         with torch.autocast(bearings.device.type, enabled=False):  # geometry in float32 at least
-            dense = dense_points(bearings, mask2d)
+            R_c, x, rms, dense = canonical_image(bearings, mask2d)
             if view is None:
                 # A fixed seed per call keeps evaluation deterministic.
                 gen = torch.Generator(bearings.device).manual_seed(0)
+                dense3d = dense_points(points3d, mask3d)
                 fine = self.config.view_search_points
-                R_view, R_c = view_search(bearings, points3d, mask2d, mask3d, fine_points=fine, generator=gen)
+                R_view = search_rotation(x, rms, dense, points3d, dense3d, fine_points=fine, generator=gen)
             else:
-                R_c = canonical_camera(bearings, dense)
                 R_view = R_c @ view.to(R_c.dtype)
-            b = bearings @ R_c.transpose(1, 2).to(bearings.dtype)
-            x = b[..., :2] / b[..., 2:].clamp_min(1e-6)
-            w = dense[..., None].to(x.dtype)
-            count = w.sum(1, keepdim=True).clamp_min(1.0)
-            x = x - (x * w).sum(1, keepdim=True) / count
-            x = x / ((x.pow(2).sum(-1, keepdim=True) * w).sum(1, keepdim=True) / count).sqrt().clamp_min(1e-9)
-            m2 = mask2d[..., None].to(x.dtype)
-            x2 = torch.cat([x, torch.ones_like(x[..., :1])], -1) * m2
-            return x2, p3 @ R_view.transpose(1, 2).to(p3.dtype)
+            x = x / rms.clamp_min(1e-9)[:, None, None]
+            x2 = torch.cat([x, torch.ones_like(x[..., :1])], -1) * mask2d[..., None].to(x.dtype)
+            return x2.to(bearings.dtype), p3 @ R_view.transpose(1, 2).to(p3.dtype)
 
     def cost(self, f: Tensor, g: Tensor) -> Tensor:
         """Pairwise feature distances (B, m, n) in [0, 2], optionally scaled, clipped at ``cost_clip``."""
