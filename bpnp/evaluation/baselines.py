@@ -130,7 +130,7 @@ def _inliers_first(pairs: np.ndarray, inliers: np.ndarray) -> tuple[np.ndarray, 
     return pairs[order], inliers[order].astype(np.float64)
 
 
-def _per_problem(batch: Batch, solve) -> MethodOutput:
+def per_problem(batch: Batch, solve) -> MethodOutput:
     """Run ``solve(uv, X, K, match) -> (RANSAC result or None, pairs (k, 2))`` on every problem of a
     batch (OpenCV works per problem) and pack the poses and pairs, RANSAC inliers first."""
     results, pairs, scores = [], [], []
@@ -158,7 +158,7 @@ class OracleBaseline:
             i = np.flatnonzero(match >= 0)
             return ransac_pnp(X[match[i]], uv[i], K, self.ransac), np.stack([i, match[i]], axis=1)
 
-        return _per_problem(batch, solve)
+        return per_problem(batch, solve)
 
 
 class RandomBaseline:
@@ -204,7 +204,7 @@ class RandomBaseline:
                 return best, best_pairs
 
     def __call__(self, batch: Batch) -> MethodOutput:
-        return _per_problem(batch, lambda uv, X, K, _: self._solve(uv, X, K))
+        return per_problem(batch, lambda uv, X, K, _: self._solve(uv, X, K))
 
 
 def hungarian_pairs(cost: np.ndarray, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,16 @@ def match_matrix(match: Tensor, n: int) -> Tensor:
     return C[..., :n]
 
 
+def inlier_mass(P: Tensor, match: Tensor) -> Tensor:
+    """Share of each plan's mass on true matches (B,) (chance: about 1/n).
+
+    Args:
+        P: (B, m, n) plan; match: (B, m) int64, -1 for none.
+    """
+    on = P.gather(2, match.clamp_min(0)[..., None]).squeeze(-1) * (match >= 0)
+    return on.sum(1) / P.sum((1, 2)).clamp_min(1e-12)
+
+
 def correspondence_loss(P: Tensor, match: Tensor) -> Tensor:
     """BPnPNet's ``mean_b sum_ij (1 - 2 C_ij) P_ij``: mass on wrong pairs minus mass on true ones.
 

@@ -15,6 +15,7 @@ from bpnp.models import BlindPnPNet, NetConfig, NetworkOutput, topk_matches
 from bpnp.training.losses import (
     correspondence_loss,
     dustbin_nll,
+    inlier_mass,
     pose_weight,
     rotation_loss,
     translation_loss,
@@ -140,15 +141,8 @@ class BlindPnPModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", terms["loss"].detach(), batch_size=bs, prog_bar=True)
         self.log("train/pose_weight", w_pose, batch_size=bs)
-        self.log("train/inlier_mass", self._inlier_mass(out.P.detach(), batch.match), batch_size=bs)
+        self.log("train/inlier_mass", inlier_mass(out.P.detach(), batch.match).mean(), batch_size=bs)
         return terms["loss"]
-
-    @staticmethod
-    def _inlier_mass(P: Tensor, match: Tensor) -> Tensor:
-        """Share of the plan's mass on true matches (chance: about 1/n)."""
-        idx = match.clamp_min(0)[..., None]
-        on = P.gather(2, idx).squeeze(-1) * (match >= 0)
-        return (on.sum(1) / P.sum((1, 2)).clamp_min(1e-12)).mean()
 
     def _eval_step(self, batch: Batch, metrics: PoseMetrics, prefix: str) -> None:
         out = self(batch, with_pose=self.hparams.val_pose)
@@ -156,7 +150,7 @@ class BlindPnPModule(pl.LightningModule):
         terms = self.losses(batch, out, 0.0)
         self.log(f"{prefix}/loss_corr", terms["loss_corr"], batch_size=bs, sync_dist=True)
         self.log(
-            f"{prefix}/inlier_mass", self._inlier_mass(out.P, batch.match), batch_size=bs, sync_dist=True
+            f"{prefix}/inlier_mass", inlier_mass(out.P, batch.match).mean(), batch_size=bs, sync_dist=True
         )
         if self.hparams.val_pose:
             metrics.update(batch, self.method_output(out))
