@@ -165,6 +165,31 @@ def test_conjugate_gradient_path_matches_direct():
     assert (cg_t[0].transpose(1, 2) - direct[0]).norm() <= 1e-9 * direct[0].norm()
 
 
+@pytest.mark.parametrize("shape", [(48, 48), (40, 56), (56, 40)])
+def test_float32_gradient_on_a_sharp_plan_matches_float64(shape):
+    # A trained network's plans put nearly all their mass on the true matches (and the dustbin); there
+    # lambda + mu cancels V to a few digits and the Schur complement is ill-conditioned.
+    m, n = shape
+    g = torch.Generator().manual_seed(11)
+    M = torch.rand(2, m, n, generator=g, dtype=DT) * 0.5 + 0.5
+    k = min(m, n)
+    rows = torch.stack([torch.randperm(m, generator=g)[:k] for _ in range(2)])
+    cols = torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(2)])
+    b = torch.arange(2)[:, None]
+    M[b, rows, cols] = torch.rand(2, k, generator=g, dtype=DT) * 0.1
+    # Unmatched points go to a dustbin of cost 0.3 (lower than every wrong pair).
+    P = sinkhorn(M, gamma=20.0, max_iter=5000, tol=1e-12, dustbin=0.3 if m != n else None)
+    sharp = P[b, rows, cols].sum() + (P[:, -1, :].sum() + P[:, :, -1].sum() if m != n else 0)
+    assert sharp >= 0.99 * P.sum()
+    V = torch.randn(P.shape, generator=g, dtype=DT).float()
+    P32 = P.float()
+    ref = sinkhorn_vjp(P32.double(), V.double(), 20.0)
+    got = sinkhorn_vjp(P32, V, 20.0)
+    for a, b32 in zip(ref, got, strict=True):
+        assert b32.dtype == torch.float32
+        assert (b32.double() - a).norm() <= 1e-5 * a.norm()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_large_gamma_is_finite_and_meets_marginals(dtype):
     M, r, c = random_problem(3, 12, 10, seed=9, dtype=dtype)

@@ -10,23 +10,36 @@ for comparison, autograd through log-domain iterations (``backward="unroll"``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from bpnp.nodes.sinkhorn_backward import sinkhorn_vjp
-from bpnp.nodes.sinkhorn_solver import solve_log_domain_unrolled, solve_scaling
+from bpnp.nodes.sinkhorn_solver import (
+    SolverInfo,
+    scaled_span,
+    shift_rows,
+    solve_log_domain_unrolled,
+    solve_scaling,
+)
+
+# Largest rounding error of log P accepted from the potentials (SolverInfo.log_error): float32 input
+# beyond it is solved again in float64, and float64 beyond it is an error.
+MAX_LOG_ERROR = 1e-3
 
 
 class _ImplicitSinkhorn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, M: Tensor, r: Tensor, c: Tensor, gamma: float, max_iter: int, tol: float) -> Tensor:
-        P, _ = solve_scaling(gamma * M, r, c, max_iter, tol)
+    def forward(ctx, M: Tensor, r: Tensor, c: Tensor, gamma: float, max_iter: int, tol: float):
+        P, info = solve_scaling(gamma * M, r, c, max_iter, tol)
         ctx.gamma = gamma
         ctx.save_for_backward(P)
-        return P
+        ctx.mark_non_differentiable(info.iterations, info.error, info.converged, info.log_error)
+        return P, info.iterations, info.error, info.converged, info.log_error
 
     @staticmethod
-    def backward(ctx, grad_P: Tensor):
+    def backward(ctx, grad_P: Tensor, *_):
         (P,) = ctx.saved_tensors
         grad_M, grad_r, grad_c = sinkhorn_vjp(P, grad_P, ctx.gamma)
         return grad_M, grad_r, grad_c, None, None, None
@@ -79,14 +92,15 @@ def sinkhorn(
     row_mask: Tensor | None = None,
     col_mask: Tensor | None = None,
     dustbin: Tensor | float | None = None,
-) -> Tensor:
+    return_info: bool = False,
+) -> Tensor | tuple[Tensor, SolverInfo]:
     """Entropic optimal-transport plan of a batch of cost matrices.
 
     Args:
         M: (B, m, n) cost; entries under a False mask are ignored (may be anything, even NaN).
         r: (B, m) row marginals, or None for uniform over the valid rows; normalised to sum 1.
         c: (B, n) column marginals, likewise.
-        gamma: inverse entropic regularisation (sharper plans for larger values).
+        gamma: inverse entropic regularisation (sharper plans for larger values), finite and > 0.
         max_iter: iteration cap. ``tol``: L1 row-marginal error at which a sample stops (columns are
             exact after each iteration); ``tol=0`` runs exactly ``max_iter`` iterations.
         backward: ``"implicit"`` (memory independent of the iterations) or ``"unroll"`` (autograd
@@ -95,24 +109,31 @@ def sinkhorn(
         dustbin: None, or a scalar (tensor, may require grad) ``z``: one row and one column of cost ``z``
             are appended with marginals ``[1,...,1, n] / (m + n)`` and ``[1,...,1, m] / (m + n)``
             (``m``, ``n`` counting valid entries); then ``r`` and ``c`` must be None.
+        return_info: also return the per-sample :class:`SolverInfo` (iterations, final row error,
+            convergence, precision), which is how a capped ``max_iter`` shows.
     Returns:
         ``P`` (B, m, n), or (B, m + 1, n + 1) with a dustbin (last row / column), in ``M``'s dtype;
-        half-precision costs (e.g. under autocast) are solved and returned in float32.
+        half-precision costs (e.g. under autocast) are solved and returned in float32. With
+        ``return_info``, ``(P, info)``.
+    Raises:
+        ValueError: bad arguments, or a plan that float64 cannot resolve (the potentials of
+            ``gamma`` times a cost span beyond about 1e12); the message names the sample and its span.
+            float32 input whose potentials lose the costs is solved again in float64.
     """
     if M.dim() != 3:
         raise ValueError(f"sinkhorn: 'M' must have shape (B, m, n), got {tuple(M.shape)}")
     if backward not in ("implicit", "unroll"):
         raise ValueError(f"sinkhorn: 'backward' must be 'implicit' or 'unroll', got {backward!r}")
-    if gamma <= 0 or max_iter < 1 or tol < 0:
+    if not (math.isfinite(gamma) and gamma > 0) or max_iter < 1 or not tol >= 0:
         raise ValueError(
-            f"sinkhorn: need gamma > 0, max_iter >= 1, tol >= 0 (got {gamma}, {max_iter}, {tol})"
+            f"sinkhorn: need finite gamma > 0, max_iter >= 1, tol >= 0 (got {gamma}, {max_iter}, {tol})"
         )
-    if M.dtype not in (torch.float32, torch.float64):
-        M = M.float()
+    out_dtype = M.dtype if M.dtype in (torch.float32, torch.float64) else torch.float32
+    M = M.to(out_dtype)
     B, m, n = M.shape
     padded = row_mask is not None or col_mask is not None
-    row_mask = torch.ones(B, m, dtype=torch.bool, device=M.device) if row_mask is None else row_mask.bool()
-    col_mask = torch.ones(B, n, dtype=torch.bool, device=M.device) if col_mask is None else col_mask.bool()
+    row_mask = _mask(row_mask, "row_mask", (B, m), M.device)
+    col_mask = _mask(col_mask, "col_mask", (B, n), M.device)
     with torch.autocast(M.device.type, enabled=False):
         if padded:
             valid = row_mask[:, :, None] & col_mask[:, None, :]
@@ -133,11 +154,38 @@ def sinkhorn(
         # A sample with mass on only one side has no feasible plan: transport nothing.
         both = (r.sum(-1, keepdim=True) > 0) & (c.sum(-1, keepdim=True) > 0)
         r, c = r * both, c * both
-        if backward == "implicit":
-            P = _ImplicitSinkhorn.apply(M, r, c, float(gamma), int(max_iter), float(tol))
-        else:
-            P = solve_log_domain_unrolled(gamma * M, r, c, max_iter, tol)
-    return P
+        M = shift_rows(M, r, c)  # exact for the plan; keeps gamma * M free of a large offset
+        P, info = _solve(M, r, c, gamma, max_iter, tol, backward)
+        if M.dtype == torch.float32 and not bool((info.log_error <= MAX_LOG_ERROR).all()):
+            # The float32 potentials no longer resolve the costs; float64 still does.
+            P, info = _solve(M.double(), r.double(), c.double(), gamma, max_iter, tol, backward)
+        if not bool((info.log_error <= MAX_LOG_ERROR).all()):
+            b = int((~(info.log_error <= MAX_LOG_ERROR)).nonzero()[0])
+            span = float(gamma * scaled_span(M[b : b + 1].detach(), r[b : b + 1], c[b : b + 1])[0])
+            raise ValueError(
+                f"sinkhorn: the plan of sample {b} is not resolved in float64: gamma * cost span = "
+                f"{span:.3g}{' (dustbin included)' if dustbin is not None else ''} needs potentials whose "
+                f"rounding error in log P is {float(info.log_error[b]):.2g}; rescale 'M' or lower 'gamma'"
+            )
+    P = P.to(out_dtype)
+    return (P, info) if return_info else P
+
+
+def _solve(
+    M: Tensor, r: Tensor, c: Tensor, gamma: float, max_iter: int, tol: float, backward: str
+) -> tuple[Tensor, SolverInfo]:
+    if backward == "implicit":
+        P, *info = _ImplicitSinkhorn.apply(M, r, c, float(gamma), int(max_iter), float(tol))
+        return P, SolverInfo(*info)
+    return solve_log_domain_unrolled(gamma * M, r, c, max_iter, tol)
+
+
+def _mask(mask: Tensor | None, name: str, shape: tuple[int, int], device: torch.device) -> Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"sinkhorn: '{name}' must have shape {shape}, got {tuple(mask.shape)}")
+    return mask.bool()
 
 
 class Sinkhorn(nn.Module):
@@ -160,8 +208,15 @@ class Sinkhorn(nn.Module):
         self.gamma, self.max_iter, self.tol, self.backward = gamma, max_iter, tol, backward
         self.dustbin = None if dustbin_init is None else nn.Parameter(torch.tensor(float(dustbin_init)))
 
-    def forward(self, M: Tensor, row_mask: Tensor | None = None, col_mask: Tensor | None = None) -> Tensor:
-        """(B, m, n) cost -> (B, m, n) plan, or (B, m + 1, n + 1) with the dustbin."""
+    def forward(
+        self,
+        M: Tensor,
+        row_mask: Tensor | None = None,
+        col_mask: Tensor | None = None,
+        return_info: bool = False,
+    ) -> Tensor | tuple[Tensor, SolverInfo]:
+        """(B, m, n) cost -> (B, m, n) plan, or (B, m + 1, n + 1) with the dustbin; ``(P, info)`` with
+        ``return_info``."""
         return sinkhorn(
             M,
             gamma=self.gamma,
@@ -171,6 +226,7 @@ class Sinkhorn(nn.Module):
             row_mask=row_mask,
             col_mask=col_mask,
             dustbin=self.dustbin,
+            return_info=return_info,
         )
 
     def extra_repr(self) -> str:

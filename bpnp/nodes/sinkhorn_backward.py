@@ -12,9 +12,9 @@ Eliminating ``mu`` leaves the Schur complement ``S = diag(r) - P diag(1/c) P^T``
 row, so all samples of a padded batch share one shape.
 
 Two solvers, chosen per call by the smaller side ``k = min(m, n)``:
-- direct (``k <= direct_max``): form ``S`` and factor it with batched Cholesky — exact, and the path
-  used by the tests; samples whose factorisation fails are damped and retried, then solved by a
-  pseudo-inverse;
+- direct (``k <= direct_max``): form ``S`` and factor it with batched Cholesky, in float64 whatever
+  the input precision — exact, and the path used by the tests; samples whose factorisation fails
+  are damped and retried, then solved by a pseudo-inverse;
 - conjugate gradients (larger ``k``): Jacobi-preconditioned CG whose matrix-vector product costs two
   passes over ``P`` and never forms ``S``; samples that do not reach the tolerance fall back to the
   direct path.
@@ -121,7 +121,10 @@ def _multipliers_rows(P: Tensor, a: Tensor, b: Tensor, direct_max: int, cg_tol: 
     # Remove the (round-off) component along the null space so the regularised system is consistent.
     w = valid.to(P.dtype)
     rhs = rhs - w * (rhs * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1)
-    rho = rs.sum(-1) / w.sum(-1).clamp_min(1)  # mean row mass: the scale of S's spectrum
+    # The gauge eigenvalue rho * |w|^2 is set to the mean row mass, the scale of S's spectrum, so the
+    # regularisation does not worsen the conditioning.
+    count = w.sum(-1).clamp_min(1)
+    rho = rs.sum(-1) / count**2
     if P.shape[1] <= direct_max:
         lam = _solve_direct(P, rs, inv_cs, rhs, rho, valid)
     else:
@@ -152,6 +155,13 @@ def sinkhorn_vjp(
     Returns:
         ``(dL/dM (B, m, n), dL/dr (B, m), dL/dc (B, n))``.
     """
+    out_dtype = P.dtype
+    if P.numel() == 0:
+        return torch.zeros_like(P), P.new_zeros(P.shape[:2]), P.new_zeros(P.shape[::2])
+    if min(P.shape[1:]) <= direct_max:
+        # On sharp plans lambda_i + mu_j cancels V_ij to a few digits and S is ill-conditioned, so the
+        # direct path works in float64 for lower-precision input (its cost is the m^2 n Schur product).
+        P, V = P.double(), V.double()
     if cg_tol is None:
         cg_tol = 1e-10 if P.dtype == torch.float64 else 1e-6
     # Row and column sums of P * V without materialising the product.
@@ -163,4 +173,4 @@ def sinkhorn_vjp(
         mu, lam = _multipliers_rows(P.transpose(1, 2), b, a, direct_max, cg_tol, cg_max_iter)
     # gamma P (lambda_i + mu_j - V_ij), built in one (B, m, n) buffer.
     grad_M = (lam[:, :, None] + mu[:, None, :]).sub_(V).mul_(P).mul_(gamma)
-    return grad_M, lam, mu
+    return grad_M.to(out_dtype), lam.to(out_dtype), mu.to(out_dtype)

@@ -29,10 +29,26 @@ ANNEAL_SPAN = 200.0
 
 @dataclass
 class SolverInfo:
-    """Per-sample diagnostics: ``iterations`` (B,) run, ``error`` (B,) final L1 row-marginal error."""
+    """Per-sample diagnostics of the last stage, each (B,): ``iterations`` run, ``error`` the final L1
+    row-marginal error, ``converged`` whether it met the tolerance (``tol``, or 1e-6 with ``tol = 0``),
+    ``log_error`` the rounding error of ``log P_ij = f_i + g_j - C_ij`` that the potentials' magnitude
+    implies (``eps * (max |f| + max |g|)``): above about 1e-3 the plan's entries are not resolved."""
 
     iterations: Tensor
     error: Tensor
+    converged: Tensor
+    log_error: Tensor
+
+
+def _converged(error: Tensor, tol: float) -> Tensor:
+    return error <= (tol if tol > 0 else 1e-6)
+
+
+def _log_error(f: Tensor, g: Tensor) -> Tensor:
+    size = [
+        torch.where(torch.isfinite(x), x.abs(), 0.0).amax(-1) if x.shape[-1] else x.sum(-1) for x in (f, g)
+    ]
+    return torch.finfo(f.dtype).eps * (size[0] + size[1])
 
 
 def _masked_log(x: Tensor) -> Tensor:
@@ -70,20 +86,37 @@ def row_error(P: Tensor, r: Tensor) -> Tensor:
     return (P.sum(-1) - r).abs().sum(-1)
 
 
+def shift_rows(C: Tensor, r: Tensor, c: Tensor) -> Tensor:
+    """``C`` minus each row's minimum over the valid columns (the plan is unchanged; no gradient flows).
+
+    Every valid row then holds a 0, so the potentials stay of the order of the cost span rather than of
+    its offset: an offset of 1e7 in float32 would otherwise swamp the costs in ``f_i + g_j - C_ij``.
+    Padded rows (``r = 0``) keep their values; they get no mass.
+    """
+    with torch.no_grad():
+        masked = torch.where((c > 0)[:, None, :], C, torch.inf)
+        shift = masked.amin(-1, keepdim=True) if C.shape[-1] > 0 else torch.zeros_like(C[..., :1])
+        shift = torch.where(torch.isfinite(shift) & (r > 0)[:, :, None], shift, 0.0)
+    return C - shift
+
+
+def scaled_span(C: Tensor, r: Tensor, c: Tensor) -> Tensor:
+    """Per-sample span of ``C`` over the entries that carry mass: (B,), 0 for a sample with none."""
+    valid = (r > 0)[:, :, None] & (c > 0)[:, None, :]
+    if C.numel() == 0:
+        return C.new_zeros(C.shape[0])
+    hi = torch.where(valid, C, -torch.inf).flatten(1).amax(-1)
+    lo = torch.where(valid, C, torch.inf).flatten(1).amin(-1)
+    return torch.where(valid.flatten(1).any(-1), hi - lo, 0.0)
+
+
 class _ScalingState:
     """Stabilised multiplicative iteration for a subset of the batch."""
 
-    def __init__(self, C: Tensor, r: Tensor, c: Tensor, init: tuple[Tensor, Tensor] | None = None):
+    def __init__(self, C: Tensor, r: Tensor, c: Tensor, init: tuple[Tensor, Tensor]):
         self.C, self.r, self.c = C, r, c
         self.log_r, self.log_c = _masked_log(r), _masked_log(c)
         row_ok, col_ok = torch.isfinite(self.log_r), torch.isfinite(self.log_c)
-        if init is None:
-            # Row-minimum shift: every valid row of K then holds an entry equal to r_i (no row underflows).
-            if bool(row_ok.all()) and bool(col_ok.all()):
-                row_min = C.amin(-1)
-            else:
-                row_min = torch.where(row_ok[:, :, None] & col_ok[:, None, :], C, torch.inf).amin(-1)
-            init = (self.log_r + row_min.clamp_max(1e30), torch.zeros_like(self.log_c))
         self.f = torch.where(row_ok, init[0], -torch.inf)
         self.g = torch.where(col_ok, init[1], -torch.inf)
         self.K = plan_from_potentials(C, self.f, self.g)
@@ -139,10 +172,11 @@ def solve_scaling(
 ) -> tuple[Tensor, SolverInfo]:
     """Stabilised Sinkhorn with per-sample convergence and log-domain rescue.
 
-    When the scaled cost spans more than ``ANNEAL_SPAN`` (large ``gamma``), plain Sinkhorn needs
-    iterations in proportion to ``gamma``; the potentials are then warm-started by solving the
-    problem at ``gamma / 4^k, ..., gamma / 4`` first (epsilon scaling, each stage capped at
-    ``max_iter``). With ``tol = 0`` exactly ``max_iter`` iterations run, without that warm start.
+    When a sample's scaled cost spans more than ``ANNEAL_SPAN`` (large ``gamma``), plain Sinkhorn needs
+    iterations in proportion to ``gamma``; its potentials are then warm-started by solving the problem
+    at ``gamma / 4^k, ..., gamma / 4`` first (epsilon scaling, each stage capped at ``max_iter``). The
+    number of stages is chosen per sample, so a sample's plan does not depend on its batch-mates. With
+    ``tol = 0`` exactly ``max_iter`` iterations run, without that warm start.
 
     Args:
         C: (B, m, n) finite scaled cost ``gamma * M`` (padded entries any finite value).
@@ -151,17 +185,34 @@ def solve_scaling(
     Returns:
         ``P`` (B, m, n) and per-sample :class:`SolverInfo` of the last stage.
     """
-    init = None
+    B = C.shape[0]
+    if C.numel() == 0:
+        zeros = torch.zeros(B, dtype=C.dtype, device=C.device)
+        info = SolverInfo(torch.zeros(B, dtype=torch.long, device=C.device), zeros, zeros == 0, zeros)
+        return torch.zeros_like(C), info
+    # Row-minimum shift: every valid row of the kernel then holds an entry equal to r_i (none underflows).
+    # The potentials stay small when C has been through shift_rows, as sinkhorn() does.
+    col_ok = c > 0
+    row_min = C.amin(-1) if bool(col_ok.all()) else torch.where(col_ok[:, None, :], C, torch.inf).amin(-1)
+    f = _masked_log(r) + torch.where(torch.isfinite(row_min), row_min, 0.0)
+    g = torch.zeros_like(c)
     if tol > 0:
-        valid = (r > 0)[:, :, None] & (c > 0)[:, None, :]
-        span = (torch.where(valid, C, -torch.inf).amax() - torch.where(valid, C, torch.inf).amin()).item()
+        span = scaled_span(C, r, c)
         stages = (
-            math.ceil(math.log(span / ANNEAL_SPAN, 4)) if math.isfinite(span) and span > ANNEAL_SPAN else 0
+            torch.where(
+                span > ANNEAL_SPAN, torch.log(span.clamp_min(ANNEAL_SPAN) / ANNEAL_SPAN) / math.log(4), 0.0
+            )
+            .ceil()
+            .long()
         )
-        for k in range(stages, 0, -1):
-            _, f, g, _ = _solve_stage(C / 4**k, r, c, max_iter, max(tol, 1e-3), check_every, init)
-            init = (4 * f, 4 * g)  # potentials scale with gamma
-    P, _, _, info = _solve_stage(C, r, c, max_iter, tol, check_every, init)
+        for k in range(int(stages.max()), 0, -1):
+            idx = (stages >= k).nonzero().squeeze(1)
+            _, fk, gk, _ = _solve_stage(
+                C[idx] / 4.0**k, r[idx], c[idx], max_iter, max(tol, 1e-3), check_every, (f[idx], g[idx])
+            )
+            f[idx], g[idx] = 4 * fk, 4 * gk  # potentials scale with gamma
+    P, f, g, info = _solve_stage(C, r, c, max_iter, tol, check_every, (f, g))
+    info.log_error = _log_error(f, g)
     return P, info
 
 
@@ -172,7 +223,7 @@ def _solve_stage(
     max_iter: int,
     tol: float,
     check_every: int,
-    init: tuple[Tensor, Tensor] | None,
+    init: tuple[Tensor, Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, SolverInfo]:
     """One Sinkhorn solve; returns the plan, the final log-potentials ``f`` (B, m), ``g`` (B, n), info."""
     B = C.shape[0]
@@ -216,7 +267,7 @@ def _solve_stage(
         if bool(finished.all()) and active.numel() == B:
             # The whole batch stops together (the usual case): no copy of the plan.
             f, g = state.potentials()
-            info = SolverInfo(iterations=torch.full_like(iterations, done), error=err)
+            info = SolverInfo(torch.full_like(iterations, done), err, _converged(err, tol), err * 0)
             return state.plan_in_place(), f, g, info
         if bool(finished.any()):
             if P is None:
@@ -232,21 +283,37 @@ def _solve_stage(
             state.select(keep)
     if P is None:  # an empty batch
         P = torch.zeros_like(C)
-    return P, f_out, g_out, SolverInfo(iterations=iterations, error=error)
+    return P, f_out, g_out, SolverInfo(iterations, error, _converged(error, tol), error * 0)
 
 
 def solve_log_domain_unrolled(
     C: Tensor, r: Tensor, c: Tensor, max_iter: int, tol: float, check_every: int = 10
-) -> Tensor:
+) -> tuple[Tensor, SolverInfo]:
     """Differentiable log-domain Sinkhorn: autograd records every iteration (memory grows with them).
 
     Stops when every sample meets ``tol`` (checked without gradient every ``check_every`` iterations).
+    Samples with nothing to transport are left out of the iterations (their plan is 0, and so is
+    their gradient: log-sum-exp over an all ``-inf`` row has a NaN derivative).
 
     Args:
         C: (B, m, n); ``r`` (B, m); ``c`` (B, n), as in :func:`solve_scaling`.
     Returns:
-        ``P`` (B, m, n), differentiable with respect to ``C``, ``r`` and ``c``.
+        ``P`` (B, m, n), differentiable with respect to ``C``, ``r`` and ``c``, and :class:`SolverInfo`.
     """
+    B = C.shape[0]
+    busy = ((r > 0).any(-1) & (c > 0).any(-1)).nonzero().squeeze(1)
+    iterations = torch.zeros(B, dtype=torch.long, device=C.device)
+    error = torch.zeros(B, dtype=C.dtype, device=C.device)
+    log_error = torch.zeros_like(error)
+    if busy.numel() < B:
+        P = C * 0  # zeros that keep the graph (and a zero gradient) for the idle samples
+        if busy.numel() > 0:
+            Pb, info = solve_log_domain_unrolled(C[busy], r[busy], c[busy], max_iter, tol, check_every)
+            P = P.index_put((busy,), Pb)
+            iterations[busy], error[busy] = info.iterations, info.error
+            log_error[busy] = info.log_error
+        return P, SolverInfo(iterations, error, _converged(error, tol), log_error)
+    C = shift_rows(C, r, c)
     log_r, log_c = _masked_log(r), _masked_log(c)
     f = torch.zeros_like(log_r)
     g = torch.where(torch.isfinite(log_c), torch.zeros_like(log_c), -torch.inf)
@@ -259,4 +326,8 @@ def solve_log_domain_unrolled(
             with torch.no_grad():
                 if bool((row_error(plan_from_potentials(C, f, g), r) <= tol).all()):
                     break
-    return plan_from_potentials(C, f, g)
+    P = plan_from_potentials(C, f, g)
+    with torch.no_grad():
+        error = row_error(P, r)
+        log_error = _log_error(f, g)
+    return P, SolverInfo(torch.full_like(iterations, done), error, _converged(error, tol), log_error)
