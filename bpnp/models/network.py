@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
-from bpnp.nodes import Sinkhorn, weighted_pnp
+from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
 from bpnp.nodes.pnp.ransac import top_pairs
+from bpnp.nodes.sinkhorn_solver import SolverInfo
 
 
 @dataclass
@@ -36,8 +37,12 @@ class NetworkOutput:
         M: (B, m, n) cost matrix.
         R, t: (B, 3, 3), (B, 3) pose (PnP layer output, or the RANSAC pose without the layer).
         R_init, t_init: RANSAC initial pose (not differentiable).
-        valid: (B,) bool, the PnP layer succeeded (elsewhere ``R``, ``t`` are the RANSAC pose).
+        valid: (B,) bool, the PnP layer reached a non-degenerate stationary point (only these samples
+            pass a pose gradient); ``R``, ``t`` are the RANSAC pose where the layer flagged the sample
+            degenerate (``pnp.refined`` False).
         x2d: (B, m, 2) normalised image coordinates used by the pose stage.
+        sinkhorn_info: per-sample convergence of the Sinkhorn layer.
+        pnp: the PnP layer's full result (iterations, convergence, validity).
     """
 
     P: Tensor
@@ -49,6 +54,8 @@ class NetworkOutput:
     t_init: Tensor | None = None
     valid: Tensor | None = None
     x2d: Tensor | None = None
+    sinkhorn_info: SolverInfo | None = None
+    pnp: PnPResult | None = None
 
 
 def normalise_cloud(points: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -264,9 +271,9 @@ class BlindPnPNet(nn.Module):
         mask2d = torch.ones(B, m, dtype=torch.bool, device=points2d.device) if mask2d is None else mask2d
         mask3d = torch.ones(B, n, dtype=torch.bool, device=points2d.device) if mask3d is None else mask3d
         M, x2d = self.match_cost(points2d, points3d, K, mask2d, mask3d, view)
-        P_full = self.sinkhorn(M, mask2d, mask3d)
+        P_full, info = self.sinkhorn(M, mask2d, mask3d, return_info=True)
         P = P_full[:, :m, :n] if self.sinkhorn.dustbin is not None else P_full
-        out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d)
+        out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d, sinkhorn_info=info)
         if with_pose:
             self._pose(out, x2d, points3d, mask2d, mask3d)
         return out
@@ -295,10 +302,12 @@ class BlindPnPNet(nn.Module):
                 col_mask=mask3d,
             )
         out.R_init, out.t_init, out.valid = res.R_init, res.t_init, res.valid
+        out.pnp = res
         if c.use_pnp:
-            # A sample the layer flags degenerate keeps its RANSAC pose (and gets no pose gradient).
-            out.R = torch.where(res.valid[:, None, None], res.R, res.R_init)
-            out.t = torch.where(res.valid[:, None], res.t, res.t_init)
+            # A sample the layer flags degenerate keeps its RANSAC pose; one stopped by the iteration
+            # cap keeps its refined pose. Neither gets a pose gradient (valid is False).
+            out.R = torch.where(res.refined[:, None, None], res.R, res.R_init)
+            out.t = torch.where(res.refined[:, None], res.t, res.t_init)
         else:
             out.R, out.t = res.R_init, res.t_init
 

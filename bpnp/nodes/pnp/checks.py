@@ -31,6 +31,38 @@ def effective_pairs(weight: Tensor) -> Tensor:
     return ((weight > _REL_WEIGHT * top) & (weight > 0)).sum(-1)
 
 
+# Two fixed generic directions: distinct points that share a projection on both are a null set.
+_DIRECTIONS = ((0.5377, 0.8622, -0.3077), (-0.4336, 0.3426, 0.8339))
+
+
+def distinct_points(points: Tensor, weight: Tensor) -> Tensor:
+    """A lower bound of the number of distinct weighted points (duplicates count once).
+
+    Points are projected on two generic directions; along each, sorted projections that differ by
+    more than a relative tolerance of the spread start a new point. Exact unless distinct points share
+    a projection on both directions.
+
+    Args:
+        points: (B, N, 3).
+        weight: (B, N) non-negative.
+    Returns:
+        (B,) long.
+    """
+    use = (weight > _REL_WEIGHT * weight.amax(-1, keepdim=True)) & (weight > 0)
+    tol = _COLLINEAR.get(points.dtype, 1e-6) ** 0.5
+    best = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+    for d in _DIRECTIONS:
+        proj = points @ torch.tensor(d, dtype=points.dtype, device=points.device)
+        lo = torch.where(use, proj, torch.inf).amin(-1, keepdim=True)
+        hi = torch.where(use, proj, -torch.inf).amax(-1, keepdim=True)
+        spread = (hi - lo).clamp_min(torch.finfo(points.dtype).tiny)
+        v, _ = torch.where(use, proj, torch.inf).sort(-1)
+        gaps = (v[:, 1:] - v[:, :-1]) > tol * spread
+        count = use.any(-1).long() + (gaps & torch.isfinite(v[:, 1:])).sum(-1)
+        best = torch.maximum(best, count)
+    return best
+
+
 def collinear(points: Tensor, weight: Tensor) -> Tensor:
     """Are the weighted points (nearly) on a line? From the weighted covariance's eigenvalues.
 

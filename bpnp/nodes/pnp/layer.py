@@ -16,7 +16,14 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from bpnp.geometry import normalized_to_bearings, vee
-from bpnp.nodes.pnp.checks import behind_camera, collinear, effective_pairs, singular, warn_once
+from bpnp.nodes.pnp.checks import (
+    behind_camera,
+    collinear,
+    distinct_points,
+    effective_pairs,
+    singular,
+    warn_once,
+)
 from bpnp.nodes.pnp.objectives import (
     OBJECTIVES,
     PairedProblem,
@@ -41,7 +48,9 @@ class PnPResult:
         R: (B, 3, 3) differentiable.
         t: (B, 3) differentiable.
         objective: (B,) objective value at the solution, differentiable.
-        valid: (B,) bool; invalid samples have exactly zero gradient.
+        valid: (B,) bool: a non-degenerate stationary point; invalid samples have exactly zero gradient.
+        refined: (B,) bool: a non-degenerate refined pose, converged or stopped by ``max_iter`` (a
+            better pose than the initial one, but without a gradient when not converged).
         iterations: (B,) Levenberg-Marquardt iterations.
         converged: (B,) bool, the step-size test was met.
         R_init: (B, 3, 3) initial rotation (given or RANSAC's).
@@ -52,6 +61,7 @@ class PnPResult:
     t: Tensor
     objective: Tensor
     valid: Tensor
+    refined: Tensor
     iterations: Tensor
     converged: Tensor
     R_init: Tensor
@@ -113,6 +123,9 @@ class _WeightedPnP(torch.autograd.Function):
             "fewer than 4 effective correspondences": finite & (total > 0) & (n_eff < 4),
         }
         active = finite & (total > 0) & (n_eff >= 4)
+        # Repeated points add no constraint: 3 distinct ones leave up to 4 exact poses.
+        reasons["fewer than 4 distinct 3D points"] = active & (distinct_points(x3d, col) < 4)
+        active = active & ~reasons["fewer than 4 distinct 3D points"]
         reasons["collinear 3D points"] = active & collinear(x3d, col)
         active = active & ~reasons["collinear 3D points"]
         sol = levenberg_marquardt(problem, R0, t0, active, cfg.max_iter, cfg.tol)
@@ -120,7 +133,10 @@ class _WeightedPnP(torch.autograd.Function):
         reasons["non-finite solution"] = active & ~ok
         reasons["points behind the camera"] = active & ok & behind_camera(problem, sol.depth)
         reasons["singular Hessian"] = active & ok & singular(sol.hessian)
-        valid = active & ok & ~reasons["points behind the camera"] & ~reasons["singular Hessian"]
+        # The implicit gradient holds at a stationary point only.
+        reasons["not converged"] = active & ok & ~sol.converged
+        refined = active & ok & ~reasons["points behind the camera"] & ~reasons["singular Hessian"]
+        valid = refined & ~reasons["not converged"]
         warn_once(reasons)
 
         eye = torch.eye(3, dtype=R0.dtype, device=R0.device).expand_as(R0)
@@ -130,8 +146,8 @@ class _WeightedPnP(torch.autograd.Function):
         H = torch.where(valid[:, None, None], sol.hessian, torch.eye(6, dtype=R.dtype, device=R.device))
         ctx.cfg = cfg
         ctx.save_for_backward(x2d, x3d, weights, G, R, t, H, valid)
-        ctx.mark_non_differentiable(valid, sol.iterations, sol.converged)
-        return R, t, value, valid, sol.iterations, sol.converged
+        ctx.mark_non_differentiable(valid, refined, sol.iterations, sol.converged)
+        return R, t, value, valid, refined, sol.iterations, sol.converged
 
     @staticmethod
     @once_differentiable
@@ -267,6 +283,10 @@ def _initial_pose(
             R, t, _ = opencv_ransac(x, X, w, threshold, iterations)
         elif init == "torch":
             R, t, _ = torch_ransac(x, X, w, threshold, hypotheses=min(iterations, 512), generator=generator)
+            # The DLT needs 6 pairs; with 4 or 5, P3P (on the CPU) is the minimal solver that works.
+            few = ((w > 0).sum(-1) < 6).nonzero().squeeze(1)
+            if few.numel() > 0:
+                R[few], t[few], _ = opencv_ransac(x[few], X[few], w[few], threshold, iterations)
         else:
             raise ValueError(f"init must be 'opencv' or 'torch', got {init!r}")
     return R, t
@@ -308,8 +328,12 @@ def weighted_pnp(
 
     Gradients of any loss on ``R``, ``t`` and ``objective`` reach ``weights``, ``x2d`` and ``x3d``
     by implicit differentiation. Samples that are degenerate (all weights zero, fewer than 4 effective
-    correspondences, collinear 3D points, non-finite input, points behind the camera, singular Hessian)
-    get ``valid = False``, finite outputs and exactly zero gradient; a warning is logged once.
+    correspondences or distinct 3D points, collinear 3D points, non-finite input, points behind the
+    camera, singular Hessian) or whose solver did not converge within ``max_iter`` (the implicit
+    gradient needs a stationary point) get ``valid = False``, finite outputs and exactly zero
+    gradient; a warning is logged once.
+    The problem is solved with the 3D points centred at unit RMS radius and the pose mapped back, so
+    results and checks do not depend on the scene's units.
 
     Args:
         x2d: normalised image coordinates ``K^-1 [u, v, 1]`` (first two entries).
@@ -321,7 +345,9 @@ def weighted_pnp(
         robust_scale: residual scale of the robust kernel.
         max_iter: Levenberg-Marquardt iterations at most.
         tol: relative step tolerance (default 1e-12 in float64, 1e-6 otherwise).
-        init: "opencv" (``solvePnPRansac`` per sample, CPU) or "torch" (batched DLT RANSAC, on device).
+        init: "opencv" (``solvePnPRansac`` per sample, CPU; both IPPE poses also scored on planar
+            scenes) or "torch" (batched DLT RANSAC, on device; samples with fewer than 6 pairs go to
+            OpenCV).
         topk: pairs given to RANSAC (default ``min(1000, 1.5 m)`` dense, all pairs paired).
         ransac_threshold: inlier threshold in normalised image units.
         ransac_iterations: RANSAC iterations (torch: hypotheses, at most 512).
@@ -353,16 +379,61 @@ def weighted_pnp(
         x3d = x3d.gather(1, cols[..., None].expand(-1, -1, 3))
         dense = False
 
+    # Solve with the 3D points centred and at unit RMS radius: the objectives are invariant to the
+    # scene's scale, and the solver's tolerances and the Hessian test then are too.
+    # The frame is held constant: the solution maps back exactly for any fixed (c, s), so no gradient
+    # flows through it (and degenerate samples keep an exactly zero one).
+    c, s = _scene_frame(x3d.detach(), _point_mask(dense, x3d, weights, col_mask))
+    x3d = (x3d - c[:, None]) / s[:, None, None]
     if pose_init is None:
         R0, t0 = _initial_pose(
             dense, x2d, x3d, weights, init, topk, ransac_threshold, ransac_iterations, generator
         )
     else:
-        R0, t0 = (p.detach().to(device=x2d.device, dtype=dtype) for p in pose_init)
+        R0, t0 = _check_pose_init(pose_init, x2d.shape[0], dtype, x2d.device)
+        t0 = ((R0 @ c[..., None]).squeeze(-1) + t0) / s[:, None]
     init_ok = torch.isfinite(R0).all((-1, -2)) & torch.isfinite(t0).all(-1)
     R0 = torch.where(init_ok[:, None, None], R0, torch.eye(3, dtype=dtype, device=R0.device).expand_as(R0))
     t0 = torch.where(init_ok[:, None], t0, torch.zeros_like(t0))
 
     cfg = _Config(dense, objective, robust, robust_scale**2, max_iter, tol)
-    R, t, value, valid, iterations, converged = _WeightedPnP.apply(x2d, x3d, weights, R0, t0, init_ok, cfg)
-    return PnPResult(R, t, value, valid, iterations, converged, R0, t0)
+    R, t, value, valid, refined, iterations, converged = _WeightedPnP.apply(
+        x2d, x3d, weights, R0, t0, init_ok, cfg
+    )
+    # Back to the scene's frame: x_cam = R X + t with X = s X_n + c, and the camera frame scaled by s.
+    t = s[:, None] * t - (R @ c[..., None]).squeeze(-1)
+    t0 = s[:, None] * t0 - (R0 @ c[..., None]).squeeze(-1)
+    return PnPResult(R, t, value, valid, refined, iterations, converged, R0, t0)
+
+
+def _point_mask(dense: bool, x3d: Tensor, weights: Tensor, col_mask: Tensor | None) -> Tensor:
+    """(B, n) bool: the 3D points that define the frame: unpadded ones (dense), weighted ones (paired)."""
+    if not dense:
+        return weights.detach() > 0
+    if col_mask is None:
+        return torch.ones(x3d.shape[:2], dtype=torch.bool, device=x3d.device)
+    return col_mask.bool()
+
+
+def _scene_frame(x3d: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Centroid (B, 3) and RMS radius (B,) of the unmasked points; (0, 1) where they are not finite
+    or all coincide (the layer then flags or solves the sample as it is)."""
+    w = mask.to(x3d.dtype)
+    count = w.sum(-1).clamp_min(1.0)
+    c = (w[..., None] * x3d).sum(1) / count[:, None]
+    s = ((w * (x3d - c[:, None]).square().sum(-1)).sum(-1) / count).sqrt()
+    ok = torch.isfinite(c).all(-1) & torch.isfinite(s) & (s > torch.finfo(x3d.dtype).tiny ** 0.25)
+    c = torch.where(ok[:, None], c, torch.zeros_like(c))
+    return c, torch.where(ok, s, torch.ones_like(s))
+
+
+def _check_pose_init(pose_init, B: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    if not (isinstance(pose_init, (tuple, list)) and len(pose_init) == 2):
+        raise ValueError("weighted_pnp: 'pose_init' must be a pair (R (B, 3, 3), t (B, 3)) or None")
+    R0, t0 = pose_init
+    if tuple(R0.shape) != (B, 3, 3) or tuple(t0.shape) != (B, 3):
+        raise ValueError(
+            f"weighted_pnp: 'pose_init' must be (R (B, 3, 3), t (B, 3)) with B = {B}, got R "
+            f"{tuple(R0.shape)} and t {tuple(t0.shape)}"
+        )
+    return R0.detach().to(device=device, dtype=dtype), t0.detach().to(device=device, dtype=dtype)

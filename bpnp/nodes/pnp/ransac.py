@@ -90,19 +90,63 @@ def opencv_ransac(
         obj = np.ascontiguousarray(X_np[b, keep])
         img = np.ascontiguousarray(x_np[b, keep])
         try:
-            ok, rvec, tvec, _ = cv2.solvePnPRansac(
+            ok, rvec, tvec, inliers = cv2.solvePnPRansac(
                 obj, img, K, None, iterationsCount=iterations, reprojectionError=threshold,
                 confidence=0.999, flags=cv2.SOLVEPNP_P3P,
             )  # fmt: skip
         except cv2.error:
-            ok = False
-        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
-            rvecs[b], tvecs[b], found[b] = rvec.ravel(), tvec.ravel(), True
+            ok, inliers = False, None
+        candidates = [(rvec, tvec)] if ok else []
+        sel = inliers.ravel() if ok and inliers is not None and len(inliers) >= 4 else slice(None)
+        if _planar(obj[sel]):
+            candidates += _ippe(obj[sel], img[sel])
+        best = _best_candidate(candidates, obj, img, w_np[b, keep], threshold)
+        if best is not None:
+            rvecs[b], tvecs[b], found[b] = best[0], best[1], True
     R = axis_angle_to_matrix(torch.as_tensor(rvecs, dtype=x.dtype, device=x.device))
     t = torch.as_tensor(tvecs, dtype=x.dtype, device=x.device)
     found_t = torch.as_tensor(found, device=x.device)
     R_fb, t_fb = _fallback_pose(x.detach(), X.detach(), w.detach().clamp_min(0))
     return torch.where(found_t[:, None, None], R, R_fb), torch.where(found_t[:, None], t, t_fb), found_t
+
+
+def _planar(X: np.ndarray, rel: float = 1e-4) -> bool:
+    """Do the points (k, 3) lie (nearly) on a plane? Smallest covariance eigenvalue against the largest."""
+    if len(X) < 4:
+        return False
+    ev = np.linalg.eigvalsh(np.cov(X.T))
+    return bool(ev[0] <= rel * max(ev[2], np.finfo(float).tiny))
+
+
+def _ippe(X: np.ndarray, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Both IPPE solutions of a planar set: P3P RANSAC's final fit often lands on the mirrored one."""
+    try:
+        _, rvecs, tvecs, _ = cv2.solvePnPGeneric(X, x, np.eye(3), None, flags=cv2.SOLVEPNP_IPPE)
+    except cv2.error:
+        return []
+    return list(zip(rvecs, tvecs, strict=True))
+
+
+def _best_candidate(
+    candidates: list[tuple[np.ndarray, np.ndarray]],
+    X: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The finite pose with the lowest weighted truncated reprojection error (MSAC score)."""
+    best, best_score = None, np.inf
+    for rvec, tvec in candidates:
+        rvec, tvec = np.asarray(rvec, float).ravel(), np.asarray(tvec, float).ravel()
+        if not (np.isfinite(rvec).all() and np.isfinite(tvec).all()):
+            continue
+        Xc = X @ cv2.Rodrigues(rvec)[0].T + tvec
+        z = Xc[:, 2]
+        err = np.where(z > 0, ((Xc[:, :2] / np.where(z > 0, z, 1.0)[:, None] - x) ** 2).sum(-1), np.inf)
+        score = float((w * np.minimum(err, threshold**2)).sum())
+        if score < best_score:
+            best, best_score = (rvec, tvec), score
+    return best
 
 
 def _inlier_scores(P: Tensor, x: Tensor, X: Tensor, w: Tensor, threshold: float) -> tuple[Tensor, Tensor]:

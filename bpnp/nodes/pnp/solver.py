@@ -43,6 +43,9 @@ class SolverResult:
 
 # Relative step below which Gauss-Newton hands over to Newton with the exact Hessian.
 _NEWTON_SWITCH = 1e-3
+# A sample that stalls (no decrease at any damping) counts as converged if its Newton step is within
+# this multiple of the tolerance: the rounding floor of the objective in float32.
+_STALL_SLACK = 100.0
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
@@ -120,13 +123,14 @@ def _lm_phase(
     norm (near the optimum f stops resolving progress before the gradient does).
 
     Returns:
-        ``(state, converged (B,), iterations (B,))``.
+        ``(state, converged (B,), stalled (B,): no decrease even with heavy damping, iterations (B,))``.
     """
     running = running & (budget > 0)
     max_iter = int(budget.max()) if budget.numel() else 0
     B = state.R.shape[0]
     lam = torch.full((B,), 1e-4 if exact else 1e-3, dtype=state.R.dtype, device=state.R.device)
     converged = torch.zeros_like(running)
+    stalled = torch.zeros_like(running)
     iterations = torch.zeros(B, dtype=torch.long, device=state.R.device)
     # Rounding of f grows with the summed weights (each pair's error carries ~eps), not with |f|.
     slack = 64 * torch.finfo(state.f.dtype).eps * (state.f.abs() + problem.weight.abs().sum(-1))
@@ -145,10 +149,11 @@ def _lm_phase(
         small = solved & _small_step(step, state.t, tol) & (accept | (lam < 1.0))
         state = state.where(accept, trial)
         lam = torch.where(accept, (lam * 0.2).clamp_min(1e-12), lam * 10.0)
+        stalled = stalled | (running & ~small & (lam > 1e12))
         done = running & (small | (lam > 1e12) | (iterations >= budget))
         converged = converged | (running & small)
         running = running & ~done
-    return state, converged, iterations
+    return state, converged, stalled, iterations
 
 
 def levenberg_marquardt(
@@ -178,10 +183,14 @@ def levenberg_marquardt(
     state = _evaluate(problem, R, t, exact=False)
     running = active & torch.isfinite(state.f) & ~_behind(problem, state.depth)
     budget = torch.full((R.shape[0],), max_iter, dtype=torch.long, device=R.device)
-    state, _, it_gn = _lm_phase(problem, state, running, False, max(tol, _NEWTON_SWITCH), budget)
+    state, _, _, it_gn = _lm_phase(problem, state, running, False, max(tol, _NEWTON_SWITCH), budget)
     state = _evaluate(problem, state.R, state.t, exact=True)
     # Each sample's own remaining budget, so that no sample's result depends on the others.
-    state, converged, it_newton = _lm_phase(problem, state, running, True, tol, budget - it_gn)
+    state, converged, stalled, it_newton = _lm_phase(problem, state, running, True, tol, budget - it_gn)
+    # In float32 the objective stops resolving decreases a little before the step test is met: a
+    # stalled sample whose undamped Newton step is within _STALL_SLACK * tol is at its minimum.
+    newton, solved = _damped_step(state.H, state.grad, torch.zeros_like(state.f))
+    converged = converged | (stalled & solved & _small_step(newton, state.t, _STALL_SLACK * tol))
     return SolverResult(
         state.R, state.t, state.f, state.grad, state.H, state.depth, it_gn + it_newton, converged & active
     )
