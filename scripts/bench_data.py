@@ -113,11 +113,11 @@ def main() -> None:
     configs.append(("prepared cache of synthetic", dict(cache_dir=str(cache))))
     colmap = SHARED / "colmap" / "statue_of_liberty"
     if colmap.is_dir():
-        cfg = dict(source="colmap", root=str(colmap), m_max=1024, n_max=1024)
+        cfg = dict(source="colmap", root=str(colmap), m_max=1024, n_max=1024, options={"split_by": "image"})
         configs.append(("colmap statue_of_liberty, m, n <= 1024", cfg))
     tum = SHARED / "rgbd" / "tum_sample"
     if tum.is_dir():
-        opts = {"intrinsics": (535.4, 539.2, 320.1, 247.6), "samples_per_frame": 256}
+        opts = {"intrinsics": (535.4, 539.2, 320.1, 247.6), "samples_per_frame": 256, "split_by": "frame"}
         configs.append(("rgbd tum_sample n=1000", dict(source="rgbd", root=str(tum), options=opts)))
 
     table = Table(title=f"data loader throughput, batch size {args.batch_size}")

@@ -2,7 +2,7 @@
 blank canvas), the 3D scene with camera frustums, and the transport plan when the method has one.
 
     python scripts/visualise.py --data.source colmap --data.root ../shared/data/colmap/statue_of_liberty \\
-        --split test --baseline [oracle] --indices [0,1] --out runs/vis
+        --data.options.split_by image --split test --baseline [oracle] --indices [0,1] --out runs/vis
 """
 
 from bpnp.viz.cli import visualise_main

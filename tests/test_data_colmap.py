@@ -1,18 +1,24 @@
+import logging
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.spatial.transform import Rotation
 
-from bpnp.data import ColmapDataset
-from bpnp.data.colmap import camera_intrinsics, undistort_pixels
+from bpnp.data import ColmapDataset, build_dataset
+from bpnp.data.colmap import camera_intrinsics, split_models, top_covisible, undistort_pixels
 from bpnp.geometry import project_points
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STATUE = SHARED / "colmap" / "statue_of_liberty"
+SCENES = SHARED / "colmap_scenes"
 needs_statue = pytest.mark.skipif(not (STATUE / "images.bin").is_file(), reason=f"{STATUE} not available")
+needs_scenes = pytest.mark.skipif(not (SCENES / "llff_room").is_dir(), reason=f"{SCENES} not available")
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +56,12 @@ def test_statue_undistortion_agrees_with_colmap():
 
 @needs_statue
 def test_statue_split_and_caps():
-    parts = [ColmapDataset(STATUE, split=s, seed=1) for s in ("train", "val", "test")]
+    parts = [ColmapDataset(STATUE, split=s, split_by="image", seed=1) for s in ("train", "val", "test")]
     names = [{p.names[i] for i in p.items} for p in parts]
     assert [len(n) for n in names] == [32, 4, 4] and not (names[0] & names[1] or names[1] & names[2])
-    capped = ColmapDataset(STATUE, split="test", seed=1, m_max=200, n_max=300, outlier_rate_2d=0.5)
+    capped = ColmapDataset(
+        STATUE, split="test", split_by="image", seed=1, m_max=200, n_max=300, outlier_rate_2d=0.5
+    )
     for i in range(len(capped)):
         s = capped[i]
         assert len(s.points2d) <= 200 and len(s.points3d) <= 300
@@ -127,3 +135,170 @@ def test_missing_model_is_named(tmp_path):
         ColmapDataset(tmp_path / "m")
     with pytest.raises(ValueError, match="FISHEYE"):
         camera_intrinsics("OPENCV_FISHEYE", np.zeros(8))
+
+
+def scene_of(sample) -> str:
+    return sample.scene.split("/")[0]
+
+
+def test_hand_made_scenes_split_by_scene(tmp_path):
+    root = tmp_path / "scenes"
+    for name in ("a", "b", "c"):
+        write_text_model(root / name / "sparse", "SIMPLE_PINHOLE", [500, 320, 240])
+    # Two models of one scene (MegaDepth's sparse/manhattan/<k>) must stay in one split.
+    write_text_model(root / "d" / "sparse" / "0", "SIMPLE_PINHOLE", [500, 320, 240])
+    write_text_model(root / "d" / "sparse" / "1", "SIMPLE_PINHOLE", [500, 320, 240])
+    fractions = {"val_fraction": 0.25, "test_fraction": 0.25}
+    scenes, models = {}, {}
+    for split in ("train", "val", "test"):
+        ds = build_dataset("colmap", split, root, seed=2, **fractions)
+        scenes[split] = {scene_of(ds[i]) for i in range(len(ds))}
+        models[split] = {ds[i].scene for i in range(len(ds))}
+    assert [len(v) for v in scenes.values()] == [2, 1, 1]
+    assert set().union(*scenes.values()) == {"a", "b", "c", "d"}
+    assert not (
+        scenes["train"] & scenes["val"] or scenes["train"] & scenes["test"] or scenes["val"] & scenes["test"]
+    )
+    d_split = next(k for k, v in scenes.items() if "d" in v)
+    assert {"d/sparse/0", "d/sparse/1"} <= models[d_split]
+    # The per-image split, on request, puts every model in every split (3 images: one per split).
+    by_image = [
+        build_dataset("colmap", s, root, split_by="image", **fractions) for s in ("train", "val", "test")
+    ]
+    assert all({scene_of(ds[i]) for i in range(len(ds))} == {"a", "b", "c", "d"} for ds in by_image)
+    assert [len(ds) for ds in by_image] == [5, 5, 5]
+
+
+def test_scene_split_needs_several_scenes(tmp_path):
+    write_text_model(tmp_path / "one" / "m", "SIMPLE_PINHOLE", [500, 320, 240])
+    with pytest.raises(ValueError, match=r"several scenes.*split_by='image'"):
+        ColmapDataset(tmp_path / "one" / "m", split="train")
+    with pytest.raises(ValueError, match=r"several scenes.*split_by='image'"):
+        build_dataset("colmap", "train", tmp_path / "one" / "m")
+    with pytest.raises(ValueError, match=r"several scenes: COLMAP root .*one has 1 \(m\).*split_by='image'"):
+        build_dataset("colmap", "val", tmp_path / "one")
+    assert len(build_dataset("colmap", "all", tmp_path / "one" / "m")) == 3
+    write_text_model(tmp_path / "one" / "n", "SIMPLE_PINHOLE", [500, 320, 240])
+    # Two scenes cannot give train, val and test one each.
+    with pytest.raises(ValueError, match=r"has 2 \(m, n\), at least 3"):
+        build_dataset("colmap", "train", tmp_path / "one")
+    with pytest.raises(ValueError, match="split_by"):
+        build_dataset("colmap", "train", tmp_path / "one", split_by="frame")
+
+
+@needs_scenes
+def test_real_scenes_split_by_scene():
+    names = sorted(d.name for d in SCENES.iterdir() if d.is_dir())
+    assert len(names) == 20
+    parts = {s: [d.name for d in split_models(SCENES, s, seed=0)] for s in ("train", "val", "test")}
+    assert [len(p) for p in parts.values()] == [16, 2, 2]  # round(20 * 0.1) = 2 for val and test
+    assert sorted(sum(parts.values(), [])) == names  # disjoint and complete
+    test = build_dataset("colmap", "test", SCENES, seed=0)
+    assert sorted(ds.scene for ds in test.datasets) == parts["test"]
+    assert {test[i].scene for i in range(0, len(test), 7)} <= set(parts["test"])
+    other = {s: set(split_models(SCENES, s, seed=1)) for s in ("val", "test")}
+    assert other != {s: set(split_models(SCENES, s, seed=0)) for s in ("val", "test")}  # the seed matters
+
+
+def test_top_covisible_hand_computed():
+    # Point tracks of five images (-1: untriangulated keypoint; image 1 sees point 2 twice).
+    kp = [np.array(p) for p in ([0, 1, 2, 3], [1, 2, 3, 4, -1, 2], [3, 4, 5], [6], [0, 5])]
+    # Shared points: 0-1 {1, 2, 3}, 0-2 {3}, 0-4 {0}, 1-2 {3, 4}, 2-4 {5}; image 3 shares none.
+    index = [[1, 2], [0, 2], [1, 0], [-1, -1], [0, 2]]  # ties broken by the lower index
+    count = [[3, 1], [3, 2], [2, 1], [0, 0], [1, 1]]
+    for block in (1, 1 << 22):  # one image per block, or all at once
+        idx, cnt = top_covisible(kp, 7, 2, block_entries=block)
+        assert idx.tolist() == index and cnt.tolist() == count
+    idx, cnt = top_covisible(kp, 7, 5)
+    assert idx[0].tolist() == [1, 2, 4, -1, -1] and cnt[0].tolist() == [3, 1, 1, 0, 0]
+
+
+@needs_statue
+def test_covisibility_matches_the_dense_computation(statue):
+    A = sp.csr_matrix(
+        (
+            np.ones(sum(int((p >= 0).sum()) for p in statue.kp_point)),
+            (
+                np.concatenate([np.full((p >= 0).sum(), i) for i, p in enumerate(statue.kp_point)]),
+                np.concatenate([p[p >= 0] for p in statue.kp_point]),
+            ),
+        ),
+        shape=(len(statue.kp_point), len(statue.xyz)),
+    )
+    A.data[:] = 1.0
+    dense = (A @ A.T).toarray()
+    np.fill_diagonal(dense, 0)
+    for i in range(len(dense)):
+        order = np.argsort(-dense[i], kind="stable")[: statue.num_covisible]
+        np.testing.assert_array_equal(statue.covisible(i), order[dense[i, order] > 0])
+    assert statue.covis_index.shape == (40, 5)  # (images, num_covisible), never (images, images)
+
+
+def patched_statue(folder: Path, file: str, offset: int, fmt: str, value) -> Path:
+    """The statue model with one value of ``file`` overwritten (struct ``fmt`` at ``offset``); the
+    other files are links to the originals."""
+    folder.mkdir()
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        if name != file:
+            (folder / name).symlink_to(STATUE / name)
+    data = bytearray((STATUE / file).read_bytes())
+    struct.pack_into(fmt, data, offset, value)
+    (folder / file).write_bytes(bytes(data))
+    return folder
+
+
+# cameras.bin: uint64 count, then int32 id, int32 model, uint64 width, uint64 height, float64 params;
+# the statue's one camera is SIMPLE_RADIAL (f, cx, cy, k): f at byte 32, cx at 40, cy at 48.
+@needs_statue
+@pytest.mark.parametrize(
+    "offset,value,named",
+    [
+        (32, 0.0, r"camera 1 \(SIMPLE_RADIAL\) in .*cameras.bin: focal length"),
+        (32, float("nan"), r"camera 1 \(SIMPLE_RADIAL\) in .*cameras.bin: parameters .*finite"),
+        (40, 5000.0, r"camera 1 .* in .*cameras.bin: principal point \(5000.0, 600.0\).*800x1200"),
+        (56, float("inf"), r"camera 1 .*cameras.bin.*finite"),
+    ],
+)
+def test_invalid_camera_is_named(tmp_path, offset, value, named):
+    folder = patched_statue(tmp_path / "m", "cameras.bin", offset, "<d", value)
+    with pytest.raises(ValueError, match=named):
+        ColmapDataset(folder)
+
+
+@needs_statue
+def test_truncated_cameras_file_is_named(tmp_path):
+    folder = patched_statue(tmp_path / "m", "cameras.bin", 0, "<Q", 1)
+    (folder / "cameras.bin").write_bytes((STATUE / "cameras.bin").read_bytes()[:40])
+    with pytest.raises(
+        ValueError, match=r"truncated .*m/cameras.bin: camera 1 \(SIMPLE_RADIAL, 4 par.*64 bytes.*40"
+    ):
+        ColmapDataset(folder)
+    (folder / "cameras.bin").write_bytes((STATUE / "cameras.bin").read_bytes() + b"\0" * 8)
+    with pytest.raises(ValueError, match=r"cameras.bin: 72 bytes, expected 64"):
+        ColmapDataset(folder)
+
+
+def test_invalid_text_camera_is_named(tmp_path):
+    write_text_model(tmp_path / "m", "PINHOLE", [500, 520, 320, 240])
+    (tmp_path / "m" / "cameras.txt").write_text("1 PINHOLE 640 480 500 -520 320 240\n")
+    with pytest.raises(
+        ValueError,
+        match=r"camera 1 \(PINHOLE\) in .*cameras.txt: focal length \(fx, fy\) = \(500.0, -520.0\)",
+    ):
+        ColmapDataset(tmp_path / "m")
+
+
+# points3D.bin: uint64 count, then per point uint64 id, float64 x, y, z, ...: the first x at byte 16.
+@needs_statue
+def test_non_finite_3d_point_is_dropped_and_its_images_kept(tmp_path, caplog):
+    folder = patched_statue(tmp_path / "m", "points3D.bin", 16, "<d", float("nan"))
+    (point_id,) = struct.unpack_from("<Q", (STATUE / "points3D.bin").read_bytes(), 8)
+    with caplog.at_level(logging.WARNING, logger="bpnp.data.colmap"):
+        ds = ColmapDataset(folder, dtype=torch.float64)
+    assert f"points3D.bin: dropped 1 3D point(s) with non-finite coordinates (id {point_id})" in caplog.text
+    assert len(ds) == 40 and len(ds.xyz) == 9066 - 1 and np.isfinite(ds.xyz).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a rejected item would warn and be replaced
+        for i in range(len(ds)):
+            s = ds.build(i)
+            assert torch.isfinite(s.points3d).all() and reprojection_errors(s).median() < 2.0

@@ -145,3 +145,23 @@ def test_trainer_consumes_the_batches():
     trainer = pl.Trainer(fast_dev_run=2, accelerator="cpu", logger=False, enable_progress_bar=False)
     trainer.fit(probe, datamodule=small_module(num_workers=0))
     assert probe.seen == [4, 4]
+
+
+def test_empty_training_set_is_an_error(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"empty training set: split 'train' of source 'synthetic' has no samples"
+    ):
+        small_module(train_samples=0, num_workers=0).train_dataloader()
+    helpers = load_module(Path(__file__).with_name("test_data_archive.py"))
+    rng = np.random.default_rng(0)
+    few_pairs = [helpers.make_problem(rng, 10, 12, 2, False, 12) for _ in range(3)]  # all rejected
+    helpers.write_archive(tmp_path / "arch", "modelnet40", "train", few_pairs)
+    dm = BlindPnPDataModule(source="bpnpnet_archive", root=str(tmp_path / "arch"), num_workers=0)
+    with pytest.raises(
+        ValueError, match=rf"split 'train' of source 'bpnpnet_archive' at root {tmp_path}/arch has no"
+    ):
+        dm.train_dataloader()
+    assert len(dm.dataset("train")) == 0 and dm.dataset("train").rejected == {"fewer than 4 inliers": 3}
+    write_cache(SyntheticDataset(num_samples=0), tmp_path / "cache" / "train", progress=False)
+    with pytest.raises(ValueError, match=rf"split 'train' of cache {tmp_path}/cache has no samples"):
+        BlindPnPDataModule(cache_dir=str(tmp_path / "cache"), num_workers=0).train_dataloader()

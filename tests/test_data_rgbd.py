@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bpnp.data import RGBDDataset
-from bpnp.data.rgbd import NYU_INTRINSICS
+from bpnp.data.rgbd import NYU_INTRINSICS, room_of, scene_of_name
 from bpnp.geometry import project_points
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -72,8 +72,9 @@ def test_folder_pairs_intrinsics_file_and_splits(tmp_path):
         s = ds[i]
         check_backprojection(s, depths[int(s.id.split("/")[0])])
         assert (s.points2d[:, 1] >= 10).all()  # the rows without depth are never sampled
-    train = RGBDDataset(tmp_path / "seq", split="train", depth_scale=1000.0, test_fraction=0.2)
-    test = RGBDDataset(tmp_path / "seq", split="test", depth_scale=1000.0, test_fraction=0.2)
+    opts = dict(split_by="frame", depth_scale=1000.0, test_fraction=0.2)
+    train = RGBDDataset(tmp_path / "seq", split="train", **opts)
+    test = RGBDDataset(tmp_path / "seq", split="test", **opts)
     assert (
         len(train) == 7 and len(test) == 2 and not {f[0] for f in train.frames} & {f[0] for f in test.frames}
     )
@@ -139,3 +140,86 @@ def test_frame_without_depth_is_never_passed_on(tmp_path):
     assert s.id.startswith("00001") and s.num_inliers == 50
     summary = write_cache(ds, tmp_path / "cache", progress=False)
     assert summary["written"] == 1 and summary["rejected"] == {"fewer than 4 valid depth pixels": 1}
+
+
+def write_nyu_mat(path: Path, scenes: list[str] | None, size=(48, 64)) -> np.ndarray:
+    """An NYU labelled file as MATLAB v7.3 writes it: ``depths`` transposed (N, W, H), ``scenes`` a
+    (1, N) cell array of references to (len, 1) uint16 character arrays under ``#refs#``."""
+    n = 6 if scenes is None else len(scenes)
+    depth_hw = np.random.default_rng(0).uniform(0.5, 5.0, (n, *size)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f["depths"] = depth_hw.transpose(0, 2, 1)
+        if scenes is not None:
+            refs = f.create_dataset("scenes", (1, n), dtype=h5py.ref_dtype)
+            for k, name in enumerate(scenes):
+                chars = np.array([ord(c) for c in name], dtype=np.uint16).reshape(-1, 1)
+                refs[0, k] = f.create_dataset(f"#refs#/s{k}", data=chars).ref
+    return depth_hw
+
+
+def test_nyu_mat_split_by_scene(tmp_path):
+    scenes = ["bedroom_0001", "kitchen_0028a", "bedroom_0001", "office_0003", "kitchen_0028b",
+              "bathroom_0007", "kitchen_0028b", "bathroom_0007"]  # fmt: skip
+    # Room of each frame, by hand: the sessions a and b of kitchen_0028 are one room.
+    room = dict(
+        enumerate(["bedroom", "kitchen", "bedroom", "office", "kitchen", "bathroom", "kitchen", "bathroom"])
+    )
+    path = tmp_path / "nyu_depth_v2_labeled.mat"
+    write_nyu_mat(path, scenes)
+    opts = dict(val_fraction=0.25, test_fraction=0.25, num_points=50, seed=1)
+    parts = {s: RGBDDataset(path, split=s, **opts) for s in ("train", "val", "test")}
+    rooms = {s: {room[k] for k in ds.frames} for s, ds in parts.items()}
+    assert [len(r) for r in rooms.values()] == [2, 1, 1]
+    assert set().union(*rooms.values()) == {"bedroom", "kitchen", "office", "bathroom"}
+    assert sorted(sum((ds.frames for ds in parts.values()), [])) == list(range(8))  # disjoint, complete
+    for ds in parts.values():
+        for i in range(len(ds)):
+            assert ds[i].scene == scenes[int(ds[i].id.split("/")[0])]
+    # Per frame on request: the old partition of frame indices.
+    by_frame = RGBDDataset(path, split="test", split_by="frame", **opts)
+    assert len(by_frame.frames) == 2
+
+
+def test_scene_split_needs_scenes(tmp_path):
+    write_pair_folder(tmp_path / "seq", 3)
+    with pytest.raises(
+        ValueError, match=r"several scenes: RGB-D source .*seq has 1 \(seq\).*split_by='frame'"
+    ):
+        RGBDDataset(tmp_path / "seq", split="train", depth_scale=1000.0)
+    assert len(RGBDDataset(tmp_path / "seq", split="all", depth_scale=1000.0)) == 3
+    write_nyu_mat(tmp_path / "noscenes.mat", None)
+    with pytest.raises(ValueError, match=r"no 'scenes' in NYU file .*noscenes.mat.*split_by='frame'"):
+        RGBDDataset(tmp_path / "noscenes.mat", split="train")
+    assert len(RGBDDataset(tmp_path / "noscenes.mat", split="train", split_by="frame").frames) == 4
+    write_nyu_mat(tmp_path / "short.mat", ["kitchen_0001"] * 6)
+    with h5py.File(tmp_path / "short.mat", "a") as f:
+        del f["scenes"]
+        f.create_dataset("scenes", (1, 2), dtype=h5py.ref_dtype)
+    with pytest.raises(ValueError, match=r"short.mat: 'scenes' has 2 entries, expected 6"):
+        RGBDDataset(tmp_path / "short.mat")
+
+
+def test_folder_frames_named_by_nyu_scene(tmp_path):
+    root = tmp_path / "nyu_frames"
+    root.mkdir()
+    scenes = ("bedroom_0004", "cafe_0001a", "cafe_0001b", "living_room_0010", "study_0002")
+    names = [f"{scene}_{k:05d}" for scene in scenes for k in range(2)]
+    for name in names:
+        cv2.imwrite(str(root / f"{name}_color.png"), np.zeros((48, 64, 3), np.uint8))
+        cv2.imwrite(str(root / f"{name}_depth.png"), np.full((48, 64), 1000, np.uint16))
+    opts = dict(intrinsics=TUM_INTRINSICS, depth_scale=1000.0, val_fraction=0.2, test_fraction=0.2)
+    parts = {s: RGBDDataset(root, split=s, **opts) for s in ("train", "val", "test")}
+    # Rooms by hand from the file names: cafe_0001a and cafe_0001b are one room.
+    room = {f"{scene}_{k:05d}_color.png": scene.rstrip("ab") for scene in scenes for k in range(2)}
+    rooms = {s: {room[c.name] for c, _ in ds.frames} for s, ds in parts.items()}
+    assert [len(r) for r in rooms.values()] == [2, 1, 1]
+    assert not (
+        rooms["train"] & rooms["val"] or rooms["train"] & rooms["test"] or rooms["val"] & rooms["test"]
+    )
+    assert sum(len(ds.frames) for ds in parts.values()) == 10
+    assert {ds[0].scene for ds in parts.values()} <= set(scenes)
+    assert (
+        scene_of_name("cafe_0001a_00000_color.png") == "cafe_0001a" and room_of("cafe_0001a") == "cafe_0001"
+    )
+    for other in ("TUM_color.png", "frame_000123.png", "00012.png", "1305031102.175304.png"):
+        assert scene_of_name(other) is None

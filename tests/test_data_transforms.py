@@ -4,7 +4,7 @@ import torch
 
 from bpnp.data import Batch, PointControl, collate
 from bpnp.data.sample import Sample, sample_from_numpy
-from bpnp.data.splits import split_items
+from bpnp.data.splits import split_groups, split_items
 from bpnp.data.transforms import (
     Correspondences,
     cap_counts,
@@ -153,3 +153,23 @@ def test_split_items_partition():
     )
     with pytest.raises(ValueError, match="split"):
         split_items(10, "training")
+
+
+def test_split_groups_partition():
+    groups = ["a", "b", "a", "c", "d", "e", "f", "g", "h", "i", "j", "b"]  # ten distinct scenes
+    parts = {
+        s: split_groups(groups, s, seed=3, val_fraction=0.2, test_fraction=0.1)
+        for s in ("train", "val", "test")
+    }
+    assert [len(p) for p in parts.values()] == [7, 2, 1]
+    assert sorted(sum(parts.values(), [])) == list("abcdefghij")  # disjoint and complete
+    assert split_groups(groups, "all") == list("abcdefghij")
+    # Three scenes: one each, although 10 % of 3 rounds to none.
+    assert sorted(len(split_groups("xyz", s)) for s in ("train", "val", "test")) == [1, 1, 1]
+    assert split_groups("xyz", "test", test_fraction=0.0) == []  # no test split asked for
+    with pytest.raises(
+        ValueError, match=r"several scenes: the data has 2 \(x, y\), at least 3 .*; pass X instead"
+    ):
+        split_groups("xyx", "train", instead="X")
+    with pytest.raises(ValueError, match="at least 5"):  # round(1.5) = 2 scenes each for val and test
+        split_groups("abc", "train", val_fraction=0.5, test_fraction=0.5)

@@ -127,6 +127,7 @@ def test_fast_dev_run_colmap_scene(tmp_path):
     cli = fast_dev_run(
         tmp_path, "megadepth.yaml",
         "--data.root", str(STATUE), "--data.m_max", "128", "--data.n_max", "128",
+        "--data.options.split_by", "image",  # one model: its images are split
         "--data.batch_size", "2", "--data.num_workers", "0",
         "--model.net.blocks", "1", "--model.net.ransac_iterations", "50",
     )  # fmt: skip
@@ -158,6 +159,7 @@ def test_data_section_of_download_configs_builds_its_source(name, tmp_path):
             pytest.skip(f"RGB-D sample {TUM} absent")
         # the .mat file carries NYU's intrinsics; the folder stand-in needs TUM's (freiburg default)
         data["root"], data["options"]["intrinsics"] = str(TUM), [525.0, 525.0, 319.5, 239.5]
+        data["options"]["split_by"] = "frame"  # one sequence: a scene split needs several
     dm = BlindPnPDataModule(**{**data, "num_workers": 0, "m_max": 64, "n_max": 64})
     sample = dm.dataset("train")[0]
     assert 4 <= len(sample.points2d) <= 64 and 4 <= len(sample.points3d) <= 64

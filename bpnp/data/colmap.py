@@ -8,6 +8,9 @@ protocol). Keypoints are undistorted with OpenCV into the pixels of the camera's
 
 from __future__ import annotations
 
+import logging
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -15,12 +18,16 @@ import numpy as np
 import pycolmap
 import scipy.sparse as sp
 import torch
+from torch.utils.data import ConcatDataset, Dataset
 
 from bpnp.data.base import CorrespondenceDataset, Problem
-from bpnp.data.splits import split_items
+from bpnp.data.sample import Sample
+from bpnp.data.splits import split_groups, split_items
 from bpnp.data.transforms import MIN_INLIERS, Correspondences, PointControl, image_bounds
 
 MODEL_FILES = "cameras, images and points3D (.bin or .txt)"
+SPLIT_BY = ("scene", "image")
+log = logging.getLogger(__name__)
 
 
 def camera_intrinsics(model: str, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,17 +82,96 @@ def _pose(image: pycolmap.Image) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(cfw.rotation.matrix(), dtype=np.float64), np.asarray(cfw.translation, dtype=np.float64)
 
 
+def model_file(model_dir: Path, stem: str) -> Path:
+    """The file pycolmap reads for ``stem``: binary when all three ``.bin`` files exist, else text."""
+    binary = all((model_dir / f"{k}.bin").is_file() for k in ("cameras", "images", "points3D"))
+    return model_dir / f"{stem}{'.bin' if binary else '.txt'}"
+
+
+def check_cameras_bin(path: Path) -> None:
+    """Check that ``cameras.bin`` holds exactly the parameters its camera models need.
+
+    pycolmap reads a truncated ``cameras.bin`` without complaint (the missing parameters repeat the
+    last one read), so its size is checked here: a uint64 count, then per camera int32 id, int32 model
+    id, uint64 width and height and one float64 per parameter of the model.
+
+    Raises:
+        ValueError: naming the file, the camera id and the size expected.
+    """
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise ValueError(f"corrupt {path}: {len(data)} bytes, expected at least 8 (the camera count)")
+    (count,) = struct.unpack_from("<Q", data, 0)
+    end = 8
+    for k in range(count):
+        if end + 24 > len(data):
+            raise ValueError(
+                f"truncated {path}: {len(data)} bytes, expected at least {end + 24} for the header of camera"
+                f" {k + 1} of {count}"
+            )
+        camera_id, model_id = struct.unpack_from("<ii", data, end)
+        try:
+            model = pycolmap.Camera.create_from_model_id(0, pycolmap.CameraModelId(model_id), 1.0, 1, 1)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"corrupt {path}: camera {camera_id} has unknown model id {model_id}") from e
+        end += 24 + 8 * len(model.params)
+        if end > len(data):
+            raise ValueError(
+                f"truncated {path}: camera {camera_id} ({model.model.name}, {len(model.params)} parameters)"
+                f" needs {end} bytes, the file has {len(data)}"
+            )
+    if end != len(data):
+        raise ValueError(f"corrupt {path}: {len(data)} bytes, expected {end} for its {count} camera(s)")
+
+
+def check_cameras(rec: pycolmap.Reconstruction, path: Path) -> None:
+    """Check every camera: finite parameters, a positive focal length, the principal point inside
+    the image (a damaged camera otherwise gives silently wrong or empty problems).
+
+    Raises:
+        ValueError: naming ``path`` (the cameras file), the camera id and what was expected.
+    """
+    for camera_id, cam in sorted(rec.cameras.items()):
+        where = f"camera {camera_id} ({cam.model.name}) in {path}"
+        params = np.asarray(cam.params, dtype=np.float64)
+        w, h = int(cam.width), int(cam.height)
+        if not np.isfinite(params).all():
+            raise ValueError(f"invalid {where}: parameters {params.tolist()}, expected all finite")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"invalid {where}: image size {w}x{h}, expected positive")
+        try:
+            K, _ = camera_intrinsics(cam.model.name, params)
+        except ValueError as e:
+            raise ValueError(f"{e} ({where})") from e
+        if not (K[0, 0] > 0 and K[1, 1] > 0):
+            raise ValueError(f"invalid {where}: focal length (fx, fy) = ({K[0, 0]}, {K[1, 1]}), expected > 0")
+        if not (0 <= K[0, 2] <= w and 0 <= K[1, 2] <= h):
+            raise ValueError(
+                f"invalid {where}: principal point ({K[0, 2]}, {K[1, 2]}), expected inside the {w}x{h} image"
+            )
+
+
 def read_model(model_dir: Path) -> pycolmap.Reconstruction:
-    """The reconstruction in ``model_dir``, with errors naming the folder and the files expected."""
+    """The reconstruction in ``model_dir``, with errors naming the folder and the files expected.
+
+    Raises:
+        FileNotFoundError: naming the folder or file missing.
+        ValueError: naming the file for a malformed model or an invalid camera.
+    """
     if not model_dir.is_dir():
         raise FileNotFoundError(f"COLMAP model folder {model_dir} not found (expected {MODEL_FILES})")
     for stem in ("cameras", "images", "points3D"):
         if not any((model_dir / f"{stem}{ext}").is_file() for ext in (".bin", ".txt")):
             raise FileNotFoundError(f"{model_dir / stem}.bin (or .txt) not found (expected {MODEL_FILES})")
+    cameras = model_file(model_dir, "cameras")
+    if cameras.suffix == ".bin":
+        check_cameras_bin(cameras)
     try:
-        return pycolmap.Reconstruction(str(model_dir))
+        rec = pycolmap.Reconstruction(str(model_dir))
     except Exception as e:  # pycolmap raises bare RuntimeErrors on malformed files
         raise ValueError(f"corrupt COLMAP model in {model_dir}: {e}") from e
+    check_cameras(rec, cameras)
+    return rec
 
 
 def find_models(root: str | Path) -> list[Path]:
@@ -113,13 +199,128 @@ def find_models(root: str | Path) -> list[Path]:
     return found
 
 
+def top_covisible(
+    kp_point: Sequence[np.ndarray], num_points: int, k: int, block_entries: int = 1 << 22
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` images sharing most 3D points with each image, from the point tracks.
+
+    No (I, I) matrix is formed: the shared-point counts (image-point incidence times its transpose)
+    are computed as sparse rows, ``block_entries // I`` images at a time, and only the top ``k`` of
+    each row are kept, so a scene of 10,000 images needs memory for (I, k) arrays and one block.
+
+    Args:
+        kp_point: per image, the 3D point (index in ``[0, num_points)``, or -1: none) of each
+            keypoint, (k_i,); a point observed twice by one image counts once.
+        num_points: number of 3D points P.
+        k: co-visible images kept per image.
+        block_entries: bound on the entries of one block of sparse rows.
+
+    Returns:
+        ``index`` (I, k) int64: co-visible images by decreasing count, ties by lower index, -1 where
+        fewer than ``k`` images share a point; ``count`` (I, k) int64: their shared-point counts (0 in
+        the padding).
+    """
+    n = len(kp_point)
+    index, count = np.full((n, k), -1, dtype=np.int64), np.zeros((n, k), dtype=np.int64)
+    if n == 0 or k == 0:
+        return index, count
+    rows = np.concatenate([np.full(int((p >= 0).sum()), i, dtype=np.int64) for i, p in enumerate(kp_point)])
+    cols = np.concatenate([np.asarray(p, dtype=np.int64)[p >= 0] for p in kp_point])
+    A = sp.csr_matrix((np.ones(len(rows), dtype=np.int64), (rows, cols)), shape=(n, num_points))
+    A.data[:] = 1  # duplicates were summed: a point seen twice by one image counts once
+    At = A.T.tocsc()
+    step = max(1, block_entries // n)
+    for start in range(0, n, step):
+        C = (A[start : start + step] @ At).tocsr()
+        for r in range(C.shape[0]):
+            i = start + r
+            j, c = C.indices[C.indptr[r] : C.indptr[r + 1]], C.data[C.indptr[r] : C.indptr[r + 1]]
+            keep = (j != i) & (c > 0)
+            j, c = j[keep], c[keep]
+            top = np.lexsort((j, -c))[:k]
+            index[i, : len(top)], count[i, : len(top)] = j[top], c[top]
+    return index, count
+
+
+def _check_split_by(split_by: str) -> None:
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by {split_by!r}: expected one of {SPLIT_BY}")
+
+
+def split_models(
+    root: str | Path, split: str, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1
+) -> list[Path]:
+    """Model folders under ``root`` of one split by scene, sorted.
+
+    A scene is a first-level folder of ``root`` (``<scene>/sparse/manhattan/<k>`` of MegaDepth: every
+    model of a scene goes to the same split); the sorted scenes are partitioned with ``seed`` as in
+    :func:`~bpnp.data.splits.split_groups`.
+
+    Raises:
+        FileNotFoundError: naming ``root`` when it holds no model.
+        ValueError: when ``root`` holds too few scenes for the split (one model included).
+    """
+    root = Path(root)
+    models = find_models(root)
+    scene = {d: d.relative_to(root).parts[0] if d != root else root.name for d in models}
+    chosen = set(
+        split_groups(
+            list(scene.values()), split, seed, val_fraction, test_fraction,
+            where=f"COLMAP root {root}", instead="split_by='image' (images split inside each model)",
+        )
+    )  # fmt: skip
+    return [d for d in models if scene[d] in chosen]
+
+
+def colmap_dataset(
+    root: str | Path,
+    split: str = "all",
+    split_by: str = "scene",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    **options,
+) -> Dataset[Sample]:
+    """The problems of one split of every model under ``root`` (one :class:`ColmapDataset` per model,
+    concatenated when there are several; samples are named by the model's path under ``root``).
+
+    Args:
+        root: a model folder, or a folder of them (see :func:`find_models`).
+        split: ``"all"``, ``"train"``, ``"val"`` or ``"test"``.
+        split_by: ``"scene"``: whole scenes per split (:func:`split_models`, needs several scenes);
+            ``"image"``: the images of every model partitioned, scenes shared between splits.
+        options: further keyword arguments of :class:`ColmapDataset`.
+
+    Raises:
+        ValueError: for ``split_by="scene"`` with too few scenes, naming ``root``.
+    """
+    _check_split_by(split_by)
+    root = Path(root)
+    fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+    if split_by == "scene":
+        models, split_by_model = split_models(root, split, seed, **fractions), "all"
+    else:
+        models, split_by_model = find_models(root), split
+    parts = [
+        ColmapDataset(
+            d, split=split_by_model, split_by="image", seed=seed,
+            scene=str(d.relative_to(root)) if d != root else None, **fractions, **options,
+        )
+        for d in models
+    ]  # fmt: skip
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
 class ColmapDataset(CorrespondenceDataset):
     """One blind-PnP problem per registered image of a COLMAP sparse model.
 
     Args:
         model_dir: folder holding ``cameras``, ``images`` and ``points3D`` (binary or text).
-        split: ``"all"``, or ``"train"`` / ``"val"`` / ``"test"``: a partition of the images by
-            ``seed`` with the given fractions.
+        split: ``"all"``, or ``"train"`` / ``"val"`` / ``"test"``: with ``split_by="image"``, a
+            partition of the images by ``seed`` with the given fractions.
+        split_by: ``"scene"`` (default) refuses a train / val / test split of one model (its images
+            would share the scene across splits; split a folder of models with
+            :func:`colmap_dataset`); ``"image"`` partitions the model's images.
         num_covisible: co-visible images whose points join the query's own in the 3D set.
         image_dir: folder of the photos, to fill ``image_path`` (else the image name is given).
         scene: scene name of the samples (None: the model folder's name).
@@ -132,6 +333,7 @@ class ColmapDataset(CorrespondenceDataset):
         self,
         model_dir: str | Path,
         split: str = "all",
+        split_by: str = "scene",
         num_covisible: int = 5,
         image_dir: str | None = None,
         scene: str | None = None,
@@ -144,6 +346,12 @@ class ColmapDataset(CorrespondenceDataset):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        _check_split_by(split_by)
+        if split_by == "scene" and split != "all":
+            raise ValueError(
+                f"split {split!r} by scene of the single COLMAP model {model_dir}: a scene split needs"
+                " several scenes (a root folder of models); pass split_by='image' to split its images"
+            )
         super().__init__(PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d), seed=seed, dtype=dtype)
         self.model_dir = Path(model_dir)
         self.scene = scene or self.model_dir.name
@@ -159,10 +367,19 @@ class ColmapDataset(CorrespondenceDataset):
     def _load(self, rec: pycolmap.Reconstruction) -> None:
         """Copy everything needed into numpy arrays (picklable for workers, no model kept)."""
         point_ids = np.array(sorted(rec.points3D.keys()), dtype=np.int64)
+        xyz = np.array([rec.points3D[int(pid)].xyz for pid in point_ids], dtype=np.float64).reshape(-1, 3)
+        finite = np.isfinite(xyz).all(1)
+        if not finite.all():
+            # One damaged point would otherwise reject every problem whose 3D set holds it; its
+            # keypoints become untriangulated ones (natural 2D outliers).
+            bad = point_ids[~finite]
+            log.warning(
+                "%s: dropped %d 3D point(s) with non-finite coordinates (id %s)",
+                model_file(self.model_dir, "points3D"), len(bad), ", ".join(map(str, bad[:10])),
+            )  # fmt: skip
+            point_ids, xyz = point_ids[finite], xyz[finite]
         row = {int(pid): r for r, pid in enumerate(point_ids)}
-        self.xyz = np.array([rec.points3D[int(pid)].xyz for pid in point_ids], dtype=np.float64).reshape(
-            -1, 3
-        )
+        self.xyz = xyz
         self.names, self.K, self.R, self.t, self.size = [], [], [], [], []
         self.kp_uv, self.kp_point = [], []
         intr = {cid: camera_intrinsics(c.model.name, c.params) for cid, c in rec.cameras.items()}
@@ -172,7 +389,9 @@ class ColmapDataset(CorrespondenceDataset):
             K, dist = intr[im.camera_id]
             kps = im.points2D
             uv = np.array([p.xy for p in kps], dtype=np.float64).reshape(-1, 2)
-            pts = np.array([row[p.point3D_id] if p.has_point3D() else -1 for p in kps], dtype=np.int64)
+            pts = np.array(
+                [row.get(p.point3D_id, -1) if p.has_point3D() else -1 for p in kps], dtype=np.int64
+            )
             R, t = _pose(im)
             self.names.append(im.name)
             self.K.append(K)
@@ -183,25 +402,12 @@ class ColmapDataset(CorrespondenceDataset):
             ok = np.isfinite(uv).all(1)  # drop keypoints the inversion cannot place
             self.kp_uv.append(uv[ok])
             self.kp_point.append(pts[ok])
-        self._covisibility()
-
-    def _covisibility(self) -> None:
-        """Shared-point counts between every pair of images, (I, I)."""
-        rows = np.concatenate([np.full((p >= 0).sum(), i) for i, p in enumerate(self.kp_point)] + [[]])
-        cols = np.concatenate([p[p >= 0] for p in self.kp_point] + [[]])
-        A = sp.csr_matrix(
-            (np.ones(len(rows)), (rows.astype(np.int64), cols.astype(np.int64))),
-            shape=(len(self.kp_point), len(self.xyz)),
-        )
-        A.data[:] = 1.0  # a point observed twice in one image still counts once
-        co = (A @ A.T).toarray()
-        np.fill_diagonal(co, 0)
-        self.covis = co
+        self.covis_index, self.covis_count = top_covisible(self.kp_point, len(self.xyz), self.num_covisible)
 
     def covisible(self, i: int) -> np.ndarray:
-        """Indices of the (up to) ``num_covisible`` images sharing most points with image ``i``."""
-        order = np.argsort(-self.covis[i], kind="stable")[: self.num_covisible]
-        return order[self.covis[i, order] > 0]
+        """Indices of the (up to) ``num_covisible`` images sharing most points with image ``i``, by
+        decreasing count (ties: lower index first); images sharing none are left out."""
+        return self.covis_index[i][self.covis_index[i] >= 0]
 
     def __len__(self) -> int:
         return len(self.items)

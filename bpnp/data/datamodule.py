@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from bpnp.data.bpnpnet_archive import BPnPNetArchiveDataset
 from bpnp.data.cache import CachedDataset
-from bpnp.data.colmap import ColmapDataset, find_models
+from bpnp.data.colmap import colmap_dataset
 from bpnp.data.modelnet import ModelNet40Dataset
 from bpnp.data.rgbd import RGBDDataset
 from bpnp.data.sample import Batch, Sample, collate
@@ -29,7 +29,8 @@ def build_dataset(
     """The dataset of one source and split (``"train"``, ``"val"`` or ``"test"``).
 
     ``options`` are keyword arguments of the source's class (for ``synthetic``, ``num_samples`` among
-    them). A COLMAP ``root`` holding several models (MegaDepth's scenes) gives their concatenation.
+    them). A COLMAP ``root`` holding several models (MegaDepth's scenes) gives their concatenation,
+    split by scene unless ``split_by="image"`` (see :func:`~bpnp.data.colmap.colmap_dataset`).
 
     Raises:
         ValueError: for an unknown source, or a missing ``root`` where the source needs one.
@@ -46,14 +47,7 @@ def build_dataset(
         return RGBDDataset(root, split=split, seed=seed, **options)
     if source == "bpnpnet_archive":
         return BPnPNetArchiveDataset(root, split=split, seed=seed, **options)
-    models = find_models(root)
-    parts = [
-        ColmapDataset(
-            d, split=split, seed=seed, scene=str(d.relative_to(root)) if d != Path(root) else None, **options
-        )
-        for d in models
-    ]
-    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    return colmap_dataset(root, split=split, seed=seed, **options)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -97,7 +91,7 @@ class BlindPnPDataModule(pl.LightningDataModule):
         cache_dir: a prepared cache with ``train/``, ``val/``, ``test/`` subfolders; when set it is
             read instead of ``source``.
         options: further keyword arguments of the source's dataset class (e.g. ``visibility``,
-            ``noise_px``, ``num_covisible``, ``intrinsics``, ``dataset``).
+            ``noise_px``, ``num_covisible``, ``split_by``, ``intrinsics``, ``dataset``).
         m_max, n_max: caps on the 2D / 3D set sizes per sample.
         outlier_rate_2d, outlier_rate_3d: target outlier fractions (None: the source's own).
         train_samples, val_samples, test_samples: split sizes of the synthetic source.
@@ -164,8 +158,20 @@ class BlindPnPDataModule(pl.LightningDataModule):
         for split in splits.get(stage or "", ("train", "val", "test")):
             self.dataset(split)
 
+    def _describe(self) -> str:
+        """The data read, for messages: the cache folder, or the source and its root."""
+        if self.cache_dir is not None:
+            return f"cache {self.cache_dir}"
+        return f"source {self.source!r}" + (f" at root {self.root}" if self.root is not None else "")
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
+        if split == "train" and len(dataset) == 0:
+            # Lightning would skip every epoch ("No training batches") and still exit with status 0.
+            raise ValueError(
+                f"empty training set: split 'train' of {self._describe()} has no samples (expected at least"
+                " one; check the root, the split fractions and the rejected-sample counts)"
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,

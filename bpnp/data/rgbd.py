@@ -9,7 +9,15 @@ Two layouts are read:
   ``intrinsics.json`` (Open3D's ``PinholeCameraIntrinsic`` format) / ``intrinsics.txt``
   (``fx fy cx cy`` or a 3x3 matrix) in the folder; ``depth_m = png_value / depth_scale``.
 * NYU Depth v2's labelled ``.mat`` file (HDF5): ``depths`` (N, W, H) in metres, MATLAB's transposed
-  layout, with the toolbox's colour intrinsics by default.
+  layout, with the toolbox's colour intrinsics by default; ``scenes`` (a cell array of N names such
+  as ``kitchen_0028a``) gives each frame's scene.
+
+Splits are by scene by default: frames of one room never land in two splits. A scene is the ``.mat``
+file's ``scenes`` entry, or for folders the NYU-style prefix of the colour file's name
+(``<room type>_<4 digits>[letter]`` then ``_``, ``-`` or ``.``: ``kitchen_0028a_00012_color.png``),
+else the folder itself. The letter that tells NYU's recording sessions of one room apart is ignored
+when splitting (``kitchen_0028a`` and ``kitchen_0028b`` go together). ``split_by="frame"`` partitions
+the frames instead.
 
 The world frame is a random rigid transform of the camera frame, so the pose is not the identity.
 """
@@ -28,7 +36,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from bpnp.data.base import CorrespondenceDataset, Problem, RejectedSample
-from bpnp.data.splits import split_items
+from bpnp.data.splits import split_groups, split_items
 from bpnp.data.transforms import MIN_INLIERS, Correspondences, PointControl, image_bounds
 
 # NYU Depth v2 toolbox (camera_params.m): colour camera of the labelled set.
@@ -36,6 +44,50 @@ NYU_INTRINSICS = (518.857901, 519.469611, 325.582449, 253.736166)
 COLOR_DIRS = ("rgb", "color", "colour", "image", "images")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".ppm")
 FOLDER_LAYOUT = "rgb|color/ + depth/ subfolders, or *color*.png / *depth*.png pairs"
+SPLIT_BY = ("scene", "frame")
+NYU_SCENE = re.compile(r"^([a-z]+(?:_[a-z]+)*_\d{4})([a-z]?)[_.-]", re.IGNORECASE)
+
+
+def scene_of_name(name: str) -> str | None:
+    """NYU scene of a frame's file name (``kitchen_0028a_00012_color.png`` -> ``kitchen_0028a``), or
+    None when the name does not start with one."""
+    m = NYU_SCENE.match(name)
+    return m.group(1) + m.group(2) if m else None
+
+
+def room_of(scene: str) -> str:
+    """The room of an NYU scene name: without the letter of its recording session
+    (``kitchen_0028a`` -> ``kitchen_0028``); other names unchanged."""
+    return re.sub(r"(_\d+)[a-z]$", r"\1", scene, flags=re.IGNORECASE)
+
+
+def read_mat_scenes(f: h5py.File, path: Path, n: int) -> list[str] | None:
+    """Scene name of each of the ``n`` frames of an NYU ``.mat`` file (its ``scenes`` cell array:
+    references to uint16 character arrays), or None when the file has no ``scenes``.
+
+    Raises:
+        ValueError: naming the file when ``scenes`` does not hold one name per frame.
+    """
+    if "scenes" not in f:
+        return None
+    refs = np.asarray(f["scenes"]).reshape(-1)
+    if len(refs) != n:
+        raise ValueError(
+            f"corrupt NYU file {path}: 'scenes' has {len(refs)} entries, expected {n} (one per frame)"
+        )
+    names = []
+    for k, ref in enumerate(refs):
+        try:
+            value = np.asarray(f[ref]).reshape(-1) if isinstance(ref, h5py.Reference) else ref
+            if isinstance(value, bytes):
+                value = value.decode()
+            names.append(value if isinstance(value, str) else "".join(map(chr, value)))
+        except (TypeError, ValueError, KeyError, OSError) as e:
+            raise ValueError(
+                f"corrupt NYU file {path}: 'scenes' entry {k} is not a name"
+                " (expected a reference to a character array)"
+            ) from e
+    return names
 
 
 def pair_folder(root: Path) -> list[tuple[Path, Path]]:
@@ -135,7 +187,9 @@ class RGBDDataset(CorrespondenceDataset):
 
     Args:
         root: a folder of colour / depth pairs, or an NYU Depth v2 labelled ``.mat`` file.
-        split: ``"all"`` or ``"train"`` / ``"val"`` / ``"test"`` (frames partitioned by ``seed``).
+        split: ``"all"`` or ``"train"`` / ``"val"`` / ``"test"`` (partitioned by ``seed``).
+        split_by: ``"scene"`` (default): whole rooms per split, which needs several (see the module
+            docstring); ``"frame"``: the frames partitioned, rooms shared between splits.
         num_points: pixels sampled among those with valid depth (the 2D and 3D sets before outliers).
         samples_per_frame: problems per frame, each with its own pixels and world frame.
         intrinsics: ``(fx, fy, cx, cy)``; None reads the folder's intrinsics file, or uses NYU's.
@@ -151,6 +205,7 @@ class RGBDDataset(CorrespondenceDataset):
         self,
         root: str | Path,
         split: str = "all",
+        split_by: str = "scene",
         num_points: int = 1000,
         samples_per_frame: int = 1,
         intrinsics: tuple[float, float, float, float] | None = None,
@@ -171,13 +226,35 @@ class RGBDDataset(CorrespondenceDataset):
         self.root = Path(root)
         self.is_mat = self.root.suffix.lower() in (".mat", ".h5", ".hdf5")
         self.depth_key = depth_key
+        if split_by not in SPLIT_BY:
+            raise ValueError(f"split_by {split_by!r}: expected one of {SPLIT_BY}")
         if self.is_mat:
-            frames: list = list(range(self._open_mat_layout()))
+            n, mat_scenes = self._open_mat_layout()
+            frames: list = list(range(n))
             self.intrinsics = tuple(intrinsics) if intrinsics else NYU_INTRINSICS
+            if mat_scenes is None and split_by == "scene" and split != "all":
+                raise ValueError(
+                    f"no 'scenes' in NYU file {self.root}: a split by scene needs each frame's scene;"
+                    " pass split_by='frame' to split the frames instead"
+                )
+            scenes = mat_scenes or [self.root.stem] * n
         else:
             frames = pair_folder(self.root)
             self.intrinsics = tuple(intrinsics) if intrinsics else read_intrinsics(self.root)
-        self.frames = [frames[i] for i in split_items(len(frames), split, seed, val_fraction, test_fraction)]
+            scenes = [scene_of_name(c.name) or self.root.name for c, _ in frames]
+        if split_by == "frame":
+            chosen = split_items(len(frames), split, seed, val_fraction, test_fraction).tolist()
+        else:
+            rooms = [room_of(name) for name in scenes]
+            keep = set(
+                split_groups(
+                    rooms, split, seed, val_fraction, test_fraction, where=f"RGB-D source {self.root}",
+                    instead="split_by='frame' (frames split inside each scene)",
+                )
+            )  # fmt: skip
+            chosen = [i for i, room in enumerate(rooms) if room in keep]
+        self.frames = [frames[i] for i in chosen]
+        self.frame_scenes = [scenes[i] for i in chosen]
         self.num_points = num_points
         self.samples_per_frame = samples_per_frame
         self.depth_scale = depth_scale
@@ -190,20 +267,26 @@ class RGBDDataset(CorrespondenceDataset):
         # An open HDF5 handle cannot be pickled (spawned workers); each process reopens its own.
         return {**self.__dict__, "_h5": None}
 
-    def _open_mat_layout(self) -> int:
-        """Number of frames of the ``.mat`` file, after checking its layout."""
+    def _open_mat_layout(self) -> tuple[int, list[str] | None]:
+        """Number of frames of the ``.mat`` file, after checking its layout, and their scenes."""
         if not self.root.is_file():
             raise FileNotFoundError(f"NYU Depth v2 file {self.root} not found (expected the labelled .mat)")
         try:
-            with h5py.File(self.root, "r") as f:
-                d = f[self.depth_key]
-                if d.ndim != 3:
-                    raise ValueError(f"dataset '{self.depth_key}' has shape {d.shape}")
-                return int(d.shape[0])
-        except (OSError, KeyError, ValueError) as e:
+            f = h5py.File(self.root, "r")
+        except OSError as e:
             raise ValueError(
                 f"corrupt NYU file {self.root}: expected HDF5 with '{self.depth_key}' (N, W, H) ({e})"
             ) from e
+        with f:
+            d = f.get(self.depth_key)
+            if not isinstance(d, h5py.Dataset) or d.ndim != 3:
+                found = "none" if d is None else f"shape {getattr(d, 'shape', None)}"
+                raise ValueError(
+                    f"corrupt NYU file {self.root}: expected HDF5 with '{self.depth_key}' (N, W, H),"
+                    f" found {found}"
+                )
+            n = int(d.shape[0])
+            return n, read_mat_scenes(f, self.root, n)
 
     def _depth(self, frame) -> np.ndarray:
         """Depth map (H, W) in metres of one frame."""
@@ -246,8 +329,9 @@ class RGBDDataset(CorrespondenceDataset):
         K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         corr = Correspondences(uv, X, np.arange(len(uv)), image_bounds(w, h))
         frame = self.frames[k]
+        scene = self.frame_scenes[k]
         if self.is_mat:
-            scene, fid, path = self.root.stem, f"{frame:05d}", None
+            fid, path = f"{frame:05d}", None
         else:
-            scene, fid, path = self.root.name, frame[0].stem, str(frame[0])
+            fid, path = frame[0].stem, str(frame[0])
         return Problem(corr, K, R, t, scene, f"{fid}/{index % self.samples_per_frame}", path, (w, h))
