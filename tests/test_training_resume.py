@@ -58,7 +58,9 @@ def tiny_cli(tmp_path, name: str, max_steps: int, *extra: str, run: bool = True)
         tmp_path / f"{name}.yaml", run_dir, [checkpoint_callback(run_dir / "ckpt", every_n_train_steps=2)],
         num_sanity_val_steps=0, limit_val_batches=1, max_steps=max_steps,
     )  # fmt: skip
-    args = ["--config", str(cfg), *TINY, "--model.lr_schedule", "cosine", *extra]
+    # the pose loss is on from the first step: resuming must also reproduce the pose stage
+    pose = ["--model.pose_loss_start_epoch", "0", "--model.pose_loss_ramp_epochs", "0"]
+    args = ["--config", str(cfg), *TINY, "--model.lr_schedule", "cosine", *pose, *extra]
     return cli_main(["fit", *args] if run else args, run=run)
 
 

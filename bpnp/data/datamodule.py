@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bpnp.data.bpnpnet_archive import BPnPNetArchiveDataset
 from bpnp.data.cache import CachedDataset
@@ -79,6 +79,20 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Every rank takes every ``world_size``-th index, without the repeats that ``DistributedSampler``
+    pads with: each evaluation problem is counted exactly once across processes (ranks may get one
+    batch less; evaluation logs reduce at the epoch's end, so that does not stall)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 class BlindPnPDataModule(pl.LightningDataModule):
@@ -172,10 +186,17 @@ class BlindPnPDataModule(pl.LightningDataModule):
                 f"empty training set: split 'train' of {self._describe()} has no samples (expected at least"
                 " one; check the root, the split fractions and the rejected-sample counts)"
             )
+        if shuffle:
+            sampler = EpochShuffleSampler(len(dataset), self.seed)
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning leaves a DistributedSampler in place (its own would pad with repeats).
+            sampler = UnpaddedDistributedSampler(dataset)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,

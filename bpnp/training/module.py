@@ -6,7 +6,8 @@ import logging
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from bpnp.data.sample import Batch
 from bpnp.evaluation import MethodOutput, PoseMetrics
@@ -22,6 +23,29 @@ from bpnp.training.losses import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# Per-problem quantities averaged over validation / test (exactly, across processes).
+EVAL_MEANS = (
+    "loss_corr",
+    "inlier_mass",
+    "sinkhorn_converged",
+    "sinkhorn_row_error",
+    "pnp_valid",
+    "pnp_converged",
+)
+
+
+def solver_stats(out: NetworkOutput) -> dict[str, Tensor]:
+    """Per sample (B,): did each layer converge, the Sinkhorn row error, did PnP pass a pose gradient."""
+    stats = {}
+    if out.sinkhorn_info is not None:
+        stats["sinkhorn_converged"] = out.sinkhorn_info.converged.float()
+        stats["sinkhorn_row_error"] = out.sinkhorn_info.error.float()
+    if out.pnp is not None:
+        stats["pnp_valid"] = out.pnp.valid.float()
+        stats["pnp_converged"] = out.pnp.converged.float()
+    return stats
 
 
 class BlindPnPModule(pl.LightningModule):
@@ -66,8 +90,12 @@ class BlindPnPModule(pl.LightningModule):
         self.net = BlindPnPNet(net)
         self.val_metrics = PoseMetrics()
         self.test_metrics = PoseMetrics()
+        self.eval_means = nn.ModuleDict(
+            {p: nn.ModuleDict({k: MeanMetric() for k in EVAL_MEANS}) for p in ("val", "test")}
+        )
         self._nonfinite_run = 0
         self.skipped_steps = 0
+        self._skip_step = False
 
     # -- helpers -------------------------------------------------------------------------------
     def forward(self, batch: Batch, with_pose: bool = True) -> NetworkOutput:
@@ -126,32 +154,48 @@ class BlindPnPModule(pl.LightningModule):
         out = self(batch, with_pose=w_pose > 0)
         terms = self.losses(batch, out, w_pose)
         bs = len(batch)
-        if not torch.isfinite(terms["loss"]):
+        # Decided together: with several processes, one rank skipping backward while the others
+        # all-reduce would hang the run.
+        bad = self.trainer.strategy.reduce_boolean_decision(
+            not bool(torch.isfinite(terms["loss"])), all=False
+        )
+        self._skip_step = bad
+        if bad:
             self._nonfinite_run += 1
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps), batch_size=bs)
-            log.warning("non-finite loss at step %d: step skipped", self.global_step)
+            log.warning("non-finite loss at step %d (on some process): step skipped", self.global_step)
             if self._nonfinite_run >= self.hparams.max_nonfinite_steps:
                 raise RuntimeError(
                     f"{self._nonfinite_run} consecutive non-finite losses (last at global step "
                     f"{self.global_step}): stopping. Lower the learning rate or check the data."
                 )
-            return None
+            # A zero loss on every parameter keeps every rank's backward (and DDP's reduction) in
+            # step; on_before_optimizer_step then drops the gradients, so the optimiser moves nothing.
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self._nonfinite_run = 0
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", terms["loss"].detach(), batch_size=bs, prog_bar=True)
         self.log("train/pose_weight", w_pose, batch_size=bs)
         self.log("train/inlier_mass", inlier_mass(out.P.detach(), batch.match).mean(), batch_size=bs)
+        self.log_dict({f"train/{k}": v.mean() for k, v in solver_stats(out).items()}, batch_size=bs)
         return terms["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._skip_step:
+            # No gradient at all: Adam then leaves the parameters and its moments as they were.
+            optimizer.zero_grad(set_to_none=True)
 
     def _eval_step(self, batch: Batch, metrics: PoseMetrics, prefix: str) -> None:
         out = self(batch, with_pose=self.hparams.val_pose)
         bs = len(batch)
         terms = self.losses(batch, out, 0.0)
-        self.log(f"{prefix}/loss_corr", terms["loss_corr"], batch_size=bs, sync_dist=True)
-        self.log(
-            f"{prefix}/inlier_mass", inlier_mass(out.P, batch.match).mean(), batch_size=bs, sync_dist=True
-        )
+        values = {"loss_corr": terms["loss_corr"].expand(bs), "inlier_mass": inlier_mass(out.P, batch.match)}
+        means = self.eval_means[prefix]
+        for name, value in {**values, **solver_stats(out)}.items():
+            # torchmetrics sums values and counts over processes: exact under DDP, unlike a mean of means
+            means[name].update(value.detach())
+            self.log(f"{prefix}/{name}", means[name], batch_size=bs)
         if self.hparams.val_pose:
             metrics.update(batch, self.method_output(out))
 
