@@ -36,7 +36,7 @@ from bpnp.data.synthetic import UNIFORM_PROTOCOL
 from bpnp.evaluation.baselines import RansacConfig, per_problem, ransac_pnp
 from bpnp.evaluation.evaluate import evaluate_method
 from bpnp.evaluation.method import MethodOutput
-from bpnp.evaluation.metrics import match_precision_recall
+from bpnp.evaluation.metrics import precision_at_true_count
 from bpnp.evaluation.network_method import NetworkMethod
 from bpnp.models import topk_matches
 from bpnp.training.cli import CONFIG_DIR, cli_main
@@ -90,11 +90,9 @@ def plan_metrics(batch: Batch, plan: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     """Per-problem inlier mass of the plan and precision of its top-k pairs (k = true matches)."""
     m, n = batch.points2d.shape[1], batch.points3d.shape[1]
     P = plan[:, :m, :n]
-    k = (batch.match >= 0).sum(1)
-    rows, cols, _ = topk_matches(P, max(int(k.max()), 1))
-    pairs = torch.stack([rows, cols], -1)
-    pairs[torch.arange(pairs.shape[1]) >= k[:, None]] = -1  # each problem keeps its own k
-    precision, _ = match_precision_recall(pairs, batch.match)
+    k = int((batch.match >= 0).sum(1).max())
+    rows, cols, scores = topk_matches(P, max(k, 1))
+    precision = precision_at_true_count(torch.stack([rows, cols], -1), batch.match, scores)
     return inlier_mass(P, batch.match).double().numpy(), precision.numpy()
 
 

@@ -110,6 +110,7 @@ class _PerturbedInit:
         out = OracleBaseline()(batch)
         tilt = axis_angle_to_matrix(torch.tensor([0.0, 0.0, np.radians(3.0)], dtype=out.R.dtype))
         out.R_init, out.t_init = tilt @ out.R, out.t.clone()
+        out.init_seconds = 0.5 * len(batch)  # its own clock for the initial pose: 500 ms a problem
         return out
 
 
@@ -129,12 +130,27 @@ def test_sweep_rows_initial_pose_row_and_random_budget():
     fake, init = rows[0].summary, rows[1].summary
     assert fake["rotation_error_deg"]["q75"] < 0.5
     assert init["rotation_error_deg"]["q50"] == pytest.approx(3.0, abs=0.5)
+    assert init["ms_per_problem"] == pytest.approx(500.0)  # timed on its own, not the full method's
     assert rand.budget_ms is None  # restored after the sweep
     assert rows[2].summary["ms_per_problem"] >= 0.9 * fake["ms_per_problem"]
     # Same problems at both rates: the same true poses, more outliers at 0.5.
     assert rows[0].ids == rows[3].ids
     assert rows[0].columns["num_inliers"].tolist() == rows[3].columns["num_inliers"].tolist()
     assert (rows[3].columns["num_2d"] > rows[0].columns["num_2d"]).all()
+
+
+def test_ransac_threshold_follows_normalised_coordinates():
+    # K = I: a 4 "px" threshold would be 4 units of the normalised image plane, so every outlier
+    # would count as an inlier; the normalised threshold keeps them out.
+    g = np.random.default_rng(3)
+    R = axis_angle_to_matrix(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)).numpy()
+    X = g.uniform(-1, 1, (60, 3))
+    Xc = X @ R.T + np.array([0.1, -0.2, 5.0])
+    x = Xc[:, :2] / Xc[:, 2:] + g.normal(0, 5e-4, (60, 2))
+    x[:24] = g.uniform(-0.3, 0.3, (24, 2))  # 40 % outliers
+    res = ransac_pnp(X, x, np.eye(3), RansacConfig())
+    err = rotation_error_deg(torch.as_tensor(res.R)[None], torch.as_tensor(R)[None]).item()
+    assert err < 0.5
 
 
 def test_with_outlier_rate_keeps_problems_and_sets_rate():

@@ -76,6 +76,12 @@ def test_checkpoint_methods_are_deterministic_and_in_eval_mode(checkpoint):
     first, second = network(batch), network(batch)
     torch.testing.assert_close(first.R, second.R)
     assert first.R_init is not None and first.pairs.shape[:2] == (2, network.module.net.topk(32))
+    # timed in two stages (RANSAC pose, then the PnP layer from it), the answer of one forward pass
+    one_pass = network.module.method_output(network.module(batch, with_pose=True))
+    torch.testing.assert_close(first.R, one_pass.R)
+    torch.testing.assert_close(first.t, one_pass.t)
+    torch.testing.assert_close(first.R_init, one_pass.R_init)
+    assert first.init_seconds is not None and first.init_seconds > 0
     # the Hungarian baseline matches one-to-one on the network's own feature distances
     matched = hungarian(batch)
     pairs = matched.pairs[0][matched.pairs[0, :, 0] >= 0]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from bpnp.data import BlindPnPDataModule
 from bpnp.evaluation import report, summarize
 from bpnp.evaluation.cli import evaluate_main, parse_rates
 from bpnp.evaluation.evaluate import EvalRow
@@ -43,9 +44,8 @@ def test_evaluate_cli_with_oracle_and_random_writes_every_report(tmp_path):
     for key in ("rotation_error_deg", "translation_error", "center_error", "relative_center_error",
                 "reprojection_error_px"):  # fmt: skip
         assert set(first[key]) == {"q25", "q50", "q75"}
-    assert set(first["recall"]) == {
-        "5cm_5deg", "25cm_2deg", "50cm_5deg", "1m_10deg", "1deg_1pct", "5deg_5pct", "10deg_10pct"
-    }  # fmt: skip
+    # synthetic scenes are unitless: recalls at relative thresholds only, none in metres
+    assert set(first["recall"]) == {"1deg_1pct", "5deg_5pct", "10deg_10pct"}
     assert set(first["reprojection_auc"]) == {"1px", "5px", "10px"}
     assert first["recall"]["5deg_5pct"] == 1.0 and first["topk_inlier_ratio"] == 1.0
     assert first["ms_per_problem_with_loading"] >= first["ms_per_problem"] > 0
@@ -73,6 +73,20 @@ def test_data_flag_accepts_a_training_config_and_rejects_bad_input(tmp_path):
         evaluate_main([*DATA_ARGS, "--baseline", "[magic]", "--out", str(tmp_path / "x")])
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         evaluate_main([*DATA_ARGS, "--ckpt", "[nope.ckpt]", "--out", str(tmp_path / "x")])
+    # synthetic scenes have no unit: a table in metres is refused, naming the way to a metric source
+    with pytest.raises(SystemExit):
+        evaluate_main(
+            [*DATA_ARGS, "--baseline", "[oracle]", "--scale", "metric", "--out", str(tmp_path / "x")]
+        )
+
+
+def test_metric_units_follow_the_source():
+    assert BlindPnPDataModule("rgbd", root="x").metric_units
+    assert not BlindPnPDataModule("synthetic").metric_units
+    assert not BlindPnPDataModule("colmap", root="x").metric_units  # COLMAP scale is arbitrary
+    assert BlindPnPDataModule("colmap", root="x", metric_units=True).metric_units
+    with pytest.raises(ValueError, match="metric_units"):
+        BlindPnPDataModule("modelnet40", root="x", metric_units=True)
 
 
 def test_parse_rates():
@@ -88,7 +102,7 @@ def _row(method: str, rot: list[float]) -> EvalRow:
     cols = {k: np.zeros(n) for k in report.COLUMNS}
     cols["rotation_error_deg"] = np.array(rot)
     cols["topk_inlier_ratio"] = np.full(n, math.nan)
-    s = summarize(cols) | {"ms_per_problem": 1.0, "ms_per_problem_with_loading": 2.0}
+    s = summarize(cols, metric_units=True) | {"ms_per_problem": 1.0, "ms_per_problem_with_loading": 2.0}
     return EvalRow(method, None, cols, [str(i) for i in range(n)], [""] * n, s)
 
 

@@ -15,6 +15,7 @@ from bpnp.evaluation.metrics import (
     match_precision_recall,
     pose_errors,
     pose_recall,
+    precision_at_true_count,
     quantiles,
     recall_curve,
     reprojection_errors,
@@ -85,6 +86,20 @@ def test_match_precision_and_recall_by_hand():
     assert recall.item() == pytest.approx(2 / 3)
 
 
+def test_precision_at_the_number_of_true_matches_by_hand():
+    match = torch.tensor([[0, 1, -1]] * 4 + [[-1, -1, -1]])  # K = 2 (last problem: no true match)
+    pairs = torch.tensor([[[0, 0], [2, 2], [1, 1]]] * 5)
+    scores = torch.tensor([[0.9, 0.5, 0.4], [0.9, 0.0, 0.4], [0.9, -1, -1], [0.9, 0.5, 0.4], [1, 1, 1]])
+    pairs[2, 1:] = -1  # one pair listed
+    p = precision_at_true_count(pairs, match, scores)
+    # best two (0,0) (2,2): 1 of 2; the zero-score pair dropped: 2 of 2; one pair for K = 2: 1 of 2
+    assert p[:3].tolist() == [0.5, 1.0, 0.5]
+    # a perfect answer listing 1.5 m pairs reaches the ceiling: no score means the given order
+    long = torch.tensor([[[0, 0], [1, 1], [2, 0], [2, 1]]])
+    assert precision_at_true_count(long, match[:1]).item() == 1.0
+    assert math.isnan(p[4].item())
+
+
 def test_scene_extent_uses_matched_points_and_percentiles():
     line = torch.zeros(1, 103, 3, dtype=F64)
     line[0, :101, 0] = torch.arange(101, dtype=F64)  # matched: x = 0..100
@@ -146,7 +161,7 @@ def test_summary_of_known_rotation_errors():
     batch, out = _toy_batch(4)
     cols = problem_metrics(batch, out)
     assert cols["rotation_error_deg"].tolist() == pytest.approx([0.0, 1.0, 2.0, 3.0], abs=1e-9)
-    s = summarize(cols)
+    s = summarize(cols, metric_units=True)
     assert s["num_problems"] == 4 and s["failures"] == 0
     assert s["rotation_error_deg"]["q50"] == pytest.approx(1.5)
     # Centre errors are 0 (t = 0 and camera at the origin), so recall is decided by rotation alone.
@@ -154,6 +169,16 @@ def test_summary_of_known_rotation_errors():
     assert s["recall"]["25cm_2deg"] == pytest.approx(0.75)
     assert s["recall"]["5deg_5pct"] == 1.0
     assert s["topk_inlier_ratio"] == 1.0 and s["match_recall"] == 1.0
+    assert "25cm_2deg" not in summarize(cols)["recall"]  # unitless scenes: no metric recall
+
+
+def test_pixel_thresholds_skip_normalised_cameras():
+    # K = I (BPnPNet's archive): the reprojection errors are not pixels, so no pixel AUC
+    batch, out = _toy_batch(2)
+    batch.K = torch.eye(3, dtype=batch.K.dtype).expand_as(batch.K).clone()
+    cols = problem_metrics(batch, out)
+    assert cols["pixel_units"].tolist() == [0.0, 0.0]
+    assert all(math.isnan(v) for v in summarize(cols)["reprojection_auc"].values())
 
 
 def test_pose_metrics_accumulates_like_one_summary():

@@ -81,6 +81,10 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return self.size
 
 
+# Sources whose scenes can be in metres: RGB-D always, a COLMAP model when it was made metric.
+METRIC_CAPABLE = ("rgbd", "colmap")
+
+
 class UnpaddedDistributedSampler(DistributedSampler):
     """Every rank takes every ``world_size``-th index, without the repeats that ``DistributedSampler``
     pads with: each evaluation problem is counted exactly once across processes (ranks may get one
@@ -113,6 +117,10 @@ class BlindPnPDataModule(pl.LightningDataModule):
         num_workers: loader processes.
         pin_memory: pin host memory (None: when CUDA is available).
         seed: seed of the data (splits, sampling) and of the training shuffle order.
+        metric_units: are the scene's units metres? None: the source's own answer (RGB-D yes; the
+            others no: synthetic, ModelNet and the archive are unitless, and a COLMAP model has an
+            arbitrary scale unless the user says otherwise with True). Metric recalls (5 cm, ...)
+            are reported only when True.
     """
 
     def __init__(
@@ -133,6 +141,7 @@ class BlindPnPDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         pin_memory: bool | None = None,
         seed: int = 0,
+        metric_units: bool | None = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -153,6 +162,11 @@ class BlindPnPDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
+        if metric_units and source not in METRIC_CAPABLE and cache_dir is None:
+            raise ValueError(
+                f"metric_units=True: source {source!r} has no metric scale (only {METRIC_CAPABLE} can)"
+            )
+        self.metric_units = source == "rgbd" if metric_units is None else bool(metric_units)
         self.datasets: dict[str, Dataset[Sample]] = {}
 
     def dataset(self, split: str) -> Dataset[Sample]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from bpnp.evaluation.metrics import (
     nanmean,
     pose_errors,
     pose_recall,
+    precision_at_true_count,
     quantiles,
     reprojection_errors,
     scene_extent,
@@ -49,6 +51,7 @@ COLUMNS: tuple[str, ...] = (
     "num_2d",
     "num_3d",
     "num_inliers",
+    "pixel_units",
 )
 
 
@@ -56,18 +59,20 @@ def problem_metrics(batch: Batch, out: MethodOutput) -> dict[str, Tensor]:
     """Every per-problem metric of a batch, as float64 CPU tensors of shape (B,).
 
     ``relative_center_error`` is the camera-centre error divided by :func:`scene_extent`;
-    ``topk_inlier_ratio`` / ``match_recall`` are the precision / recall of ``out.pairs`` against the
-    true matches (``nan`` when the method gives no pairs).
+    ``topk_inlier_ratio`` is the precision of the method's best K pairs with K the number of true
+    matches (:func:`~bpnp.evaluation.metrics.precision_at_true_count`: ceiling 1 for every method),
+    ``match_recall`` the recall of all its pairs (``nan`` when the method gives no pairs).
     """
     batch = batch.to("cpu")
-    out = out.detach_cpu()
+    out = replace(out, plan=None).detach_cpu()  # the (B, m + 1, n + 1) plan is not needed here
     dt = torch.float64
     R, t, R_gt, t_gt = out.R.to(dt), out.t.to(dt), batch.R.to(dt), batch.t.to(dt)
     P3, K = batch.points3d.to(dt), batch.K.to(dt)
     rot, trans, center = pose_errors(R, t, R_gt, t_gt, out.valid)
     extent = scene_extent(P3, batch.match, batch.mask3d)
     if out.pairs is not None:
-        precision, recall = match_precision_recall(out.pairs.long(), batch.match)
+        _, recall = match_precision_recall(out.pairs.long(), batch.match)
+        precision = precision_at_true_count(out.pairs.long(), batch.match, out.scores)
     else:
         precision = recall = torch.full_like(rot, math.nan)
     return {
@@ -83,16 +88,19 @@ def problem_metrics(batch: Batch, out: MethodOutput) -> dict[str, Tensor]:
         "num_2d": batch.mask2d.sum(1).to(dt),
         "num_3d": batch.mask3d.sum(1).to(dt),
         "num_inliers": (batch.match >= 0).sum(1).to(dt),
+        # K = I: the image points are normalised coordinates, so pixel thresholds do not apply
+        "pixel_units": (~torch.isclose(K, torch.eye(3, dtype=dt)).all((-1, -2))).to(dt),
     }
 
 
-def summarize(columns: Mapping[str, np.ndarray | Tensor]) -> dict:
+def summarize(columns: Mapping[str, np.ndarray | Tensor], metric_units: bool = False) -> dict:
     """Aggregate per-problem columns (as returned by :func:`problem_metrics`, concatenated).
 
     Returns the nested dictionary stored per row in summary.json (keys documented in
     docs/evaluation.md): ``num_problems``, ``failures``, quartiles ``q25 / q50 / q75`` of each error
-    column, ``recall`` at every metric and relative threshold, ``reprojection_auc`` at 1 / 5 / 10 px,
-    and the mean ``topk_inlier_ratio`` and ``match_recall``.
+    column, ``recall`` at every relative threshold (and at the metric ones when ``metric_units``: the
+    source's scene units are metres), ``reprojection_auc`` at 1 / 5 / 10 px over the problems in pixel
+    units (``nan`` when none is), and the mean ``topk_inlier_ratio`` and ``match_recall``.
     """
     col = {k: np.asarray(torch.as_tensor(v).double().cpu().numpy()).reshape(-1) for k, v in columns.items()}
     n = int(col["rotation_error_deg"].size)
@@ -102,7 +110,7 @@ def summarize(columns: Mapping[str, np.ndarray | Tensor]) -> dict:
             f"q{round(100 * q)}": v for q, v in zip(QUARTILES, quantiles(col[name]), strict=True)
         }
     recall = {}
-    for th in METRIC_THRESHOLDS:
+    for th in METRIC_THRESHOLDS if metric_units else ():
         recall[th.key] = pose_recall(
             col["rotation_error_deg"], col["center_error"], th.rotation_deg, th.translation
         )
@@ -111,8 +119,10 @@ def summarize(columns: Mapping[str, np.ndarray | Tensor]) -> dict:
             col["rotation_error_deg"], col["relative_center_error"], th.rotation_deg, th.translation
         )
     summary["recall"] = recall
+    pixels = col["pixel_units"] > 0 if "pixel_units" in col else np.ones(n, dtype=bool)
     summary["reprojection_auc"] = {
-        f"{px:g}px": error_auc(col["reprojection_error_px"], px) for px in REPROJECTION_AUC_PX
+        f"{px:g}px": error_auc(col["reprojection_error_px"][pixels], px) if pixels.any() else math.nan
+        for px in REPROJECTION_AUC_PX
     }
     summary["topk_inlier_ratio"] = nanmean(col["topk_inlier_ratio"])
     summary["match_recall"] = nanmean(col["match_recall"])
@@ -143,8 +153,9 @@ class PoseMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, metric_units: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.metric_units = metric_units
         for name in COLUMNS:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -157,5 +168,5 @@ class PoseMetrics(Metric):
         for name in COLUMNS:
             state = getattr(self, name)
             columns[name] = dim_zero_cat(state) if len(state) else torch.zeros(0, dtype=torch.float64)
-        flat = flatten(summarize(columns))
+        flat = flatten(summarize(columns, self.metric_units))
         return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in flat.items()}

@@ -27,15 +27,22 @@ from bpnp.evaluation.method import MethodOutput
 DEFAULT_BUDGET_MS = 50.0
 
 
+def normalised_camera(K: np.ndarray) -> bool:
+    """Is ``K`` the identity, i.e. are the image points in normalised rather than pixel units?"""
+    return bool(np.allclose(K, np.eye(3)))
+
+
 @dataclass(frozen=True)
 class RansacConfig:
     """Settings of OpenCV's PnP-RANSAC.
 
-    ``threshold_px`` is in the units of ``points2d`` (pixels; for sources already normalised by K,
-    so that K = I, pass a threshold in normalised units such as 0.005).
+    ``threshold_px`` applies to pixel coordinates; a problem whose ``K`` is the identity (points already
+    normalised, as in BPnPNet's archive) uses ``threshold_normalised`` instead (0.005 is 4 px at a
+    focal length of 800 px).
     """
 
     threshold_px: float = 4.0
+    threshold_normalised: float = 0.005
     iterations: int = 1000
     confidence: float = 0.9999
     refine: bool = True
@@ -72,7 +79,7 @@ def ransac_pnp(
         ok, rvec, tvec, inl = cv2.solvePnPRansac(
             X, x, Kd, None,
             iterationsCount=cfg.iterations,
-            reprojectionError=float(cfg.threshold_px),
+            reprojectionError=float(cfg.threshold_normalised if normalised_camera(Kd) else cfg.threshold_px),
             confidence=cfg.confidence,
             flags=cv2.SOLVEPNP_ITERATIVE,
         )  # fmt: skip

@@ -196,7 +196,14 @@ def evaluate_main(argv: Sequence[str] | None = None) -> list[EvalRow]:
     methods = build_methods(cfg)
     dm, dataset = build_dataset(cfg)
     log.info("%d %s problems, methods: %s", len(dataset), cfg.split, ", ".join(m.name for m in methods))
-    rows = evaluate_sweep(methods, loader_factory(dm, dataset), rates, cfg.device, cfg.progress)
+    if cfg.scale == "metric" and not dm.metric_units:
+        parser.error(
+            f"--scale metric: the scene units of source {dm.source!r} are not known to be metres (RGB-D "
+            "is; pass --data.metric_units true for a metric COLMAP model), so metric recalls would mislead"
+        )
+    rows = evaluate_sweep(
+        methods, loader_factory(dm, dataset), rates, cfg.device, cfg.progress, metric_units=dm.metric_units
+    )
     paths = write_reports(rows, cfg.out, cfg.scale, settings(cfg))
     print(paths["table"].read_text())
     for kind, path in paths.items():

@@ -65,11 +65,11 @@ class _Collector:
         self.ids += list(batch.id) or [""] * len(batch)
         self.scenes += list(batch.scene) or [""] * len(batch)
 
-    def row(self, rate: float | None, method_s: float, loading_s: float) -> EvalRow:
+    def row(self, rate: float | None, method_s: float, loading_s: float, metric_units: bool) -> EvalRow:
         keys = self.parts[0].keys() if self.parts else []
         columns = {k: torch.cat([p[k] for p in self.parts]).numpy() for k in keys}
         n = max(len(self.ids), 1)
-        summary = summarize(columns) if self.parts else {"num_problems": 0}
+        summary = summarize(columns, metric_units) if self.parts else {"num_problems": 0}
         summary["ms_per_problem"] = 1000.0 * method_s / n
         summary["ms_per_problem_with_loading"] = 1000.0 * (method_s + loading_s) / n
         return EvalRow(self.name, rate, columns, self.ids, self.scenes, summary)
@@ -82,15 +82,17 @@ def evaluate_method(
     device: torch.device | str = "cpu",
     progress: bool = True,
     initial_pose_row: bool = True,
+    metric_units: bool = False,
 ) -> list[EvalRow]:
     """Evaluate one method on every batch of ``loader``.
 
     Returns one row, plus a "<name> (no PnP layer)" row read off the same forward pass when the
-    method reports an initial pose (``R_init``) and ``initial_pose_row`` is set; that row shares the
-    method's timing.
+    method reports an initial pose (``R_init``) and ``initial_pose_row`` is set; that row is timed by
+    the method's ``init_seconds`` (the time to its initial pose), else it shares the method's time.
+    ``metric_units``: the scene units are metres, so recalls at metric thresholds are reported.
     """
     main, init = _Collector(method.name), _Collector(f"{method.name} (no PnP layer)")
-    method_s = loading_s = 0.0
+    method_s = init_method_s = loading_s = 0.0
     rate_txt = "" if outlier_rate is None else f" @ outliers {outlier_rate:g}"
     total = len(loader.dataset) if isinstance(getattr(loader, "dataset", None), Sized) else None
     it = iter(loader)
@@ -109,11 +111,13 @@ def evaluate_method(
             main.add(batch, out, ms_each)
             init_out = initial_pose_output(out) if initial_pose_row else None
             if init_out is not None:
-                init.add(batch, init_out, ms_each)
+                init_s = seconds if out.init_seconds is None else out.init_seconds
+                init_method_s += init_s
+                init.add(batch, init_out, 1000.0 * init_s / len(batch))
             bar.update(len(batch))
-    rows = [main.row(outlier_rate, method_s, loading_s)]
+    rows = [main.row(outlier_rate, method_s, loading_s, metric_units)]
     if init.parts:
-        rows.append(init.row(outlier_rate, method_s, loading_s))
+        rows.append(init.row(outlier_rate, init_method_s, loading_s, metric_units))
     return rows
 
 
@@ -123,6 +127,7 @@ def evaluate_sweep(
     outlier_rates: Sequence[float | None] = (None,),
     device: torch.device | str = "cpu",
     progress: bool = True,
+    metric_units: bool = False,
 ) -> list[EvalRow]:
     """Evaluate every method at every outlier rate (``None``: the data's own outliers).
 
@@ -141,7 +146,9 @@ def evaluate_sweep(
                 method.budget_ms = reference_ms if reference_ms is not None else DEFAULT_BUDGET_MS
                 log.info("%s: time budget %.1f ms per problem", method.name, method.budget_ms)
             try:
-                new = evaluate_method(method, make_loader(rate), rate, device, progress)
+                new = evaluate_method(
+                    method, make_loader(rate), rate, device, progress, metric_units=metric_units
+                )
             finally:
                 if auto_budget:
                     method.budget_ms = None

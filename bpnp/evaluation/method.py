@@ -29,6 +29,8 @@ class MethodOutput:
             the transport plan P.
         R_init: (B, 3, 3) and ``t_init`` (B, 3) or None: the RANSAC initial pose before refinement.
         valid_init: (B,) bool or None: validity of the initial pose (defaults to ``valid``).
+        init_seconds: wall time the method took to reach the initial pose, or None (the "no PnP
+            layer" row then shares the method's time).
     """
 
     R: Tensor
@@ -40,6 +42,7 @@ class MethodOutput:
     R_init: Tensor | None = None
     t_init: Tensor | None = None
     valid_init: Tensor | None = None
+    init_seconds: float | None = None
 
     def detach_cpu(self) -> MethodOutput:
         """Copy with every tensor detached and on the CPU."""

@@ -193,6 +193,35 @@ def match_precision_recall(pairs: Tensor, match: Tensor) -> tuple[Tensor, Tensor
     return precision, recall
 
 
+def precision_at_true_count(pairs: Tensor, match: Tensor, scores: Tensor | None = None) -> Tensor:
+    """Precision of a method's best ``K`` pairs, ``K`` = the problem's number of true matches.
+
+    One ``K`` for every method, so a perfect answer scores 1 whether it lists ``K`` pairs or
+    ``1.5 m``; pairs with a score of 0 or less carry no information and are dropped first, and a
+    method that lists fewer than ``K`` pairs is charged for the missing ones.
+
+    Args:
+        pairs: (B, k, 2) int, best first, ``-1`` rows as padding.
+        match: (B, M) int, each 2D point's 3D partner or -1.
+        scores: (B, k) or None (all pairs count).
+    Returns:
+        (B,) float64 in [0, 1]; ``nan`` where a problem has no true match.
+    """
+    real = (pairs[..., 0] >= 0) & (pairs[..., 1] >= 0)
+    if scores is not None:
+        real = real & (scores > 0)
+    # the K best of the real pairs: rank among the real ones, in the given order
+    rank = real.long().cumsum(1) - 1
+    K = (match >= 0).sum(1)
+    keep = real & (rank < K[:, None])
+    kept = torch.where(keep[..., None], pairs, torch.full_like(pairs, -1))
+    precision, _ = match_precision_recall(kept, match)
+    n_kept = keep.sum(1)
+    nan = torch.full(K.shape, math.nan, dtype=torch.float64, device=pairs.device)
+    correct = torch.nan_to_num(precision) * n_kept
+    return torch.where(K > 0, correct / K.clamp_min(1), nan)
+
+
 # ---------------------------------------------------------------------------------------------
 # Aggregates over problems
 # ---------------------------------------------------------------------------------------------

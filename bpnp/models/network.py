@@ -257,6 +257,7 @@ class BlindPnPNet(nn.Module):
         mask3d: Tensor | None = None,
         with_pose: bool = True,
         view: Tensor | None = None,
+        refine: bool = True,
     ) -> NetworkOutput:
         """One batch of problems.
 
@@ -265,6 +266,7 @@ class BlindPnPNet(nn.Module):
             mask2d: (B, m), mask3d: (B, n) bool (default all valid).
             with_pose: run the pose stage (RANSAC and PnP layer).
             view: (B, 3, 3) rotation prior for ``view_search`` (training passes a perturbed truth).
+            refine: run the PnP layer after RANSAC (False: the RANSAC pose; see :meth:`refine_pose`).
         """
         B, m, _ = points2d.shape
         n = points3d.shape[1]
@@ -275,11 +277,23 @@ class BlindPnPNet(nn.Module):
         P = P_full[:, :m, :n] if self.sinkhorn.dustbin is not None else P_full
         out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d, sinkhorn_info=info)
         if with_pose:
-            self._pose(out, x2d, points3d, mask2d, mask3d)
+            self._pose(out, x2d, points3d, mask2d, mask3d, refine=refine)
         return out
 
+    def refine_pose(self, out: NetworkOutput, points3d: Tensor, mask2d: Tensor, mask3d: Tensor) -> None:
+        """Run the PnP layer from the RANSAC pose of a forward pass made with ``refine=False`` (for
+        timing the two stages apart); the result is that of a forward pass with ``refine=True``."""
+        self._pose(out, out.x2d, points3d, mask2d, mask3d, pose_init=(out.R_init, out.t_init))
+
     def _pose(
-        self, out: NetworkOutput, x2d: Tensor, points3d: Tensor, mask2d: Tensor, mask3d: Tensor
+        self,
+        out: NetworkOutput,
+        x2d: Tensor,
+        points3d: Tensor,
+        mask2d: Tensor,
+        mask3d: Tensor,
+        refine: bool = True,
+        pose_init: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         c = self.config
         # The geometric layers run in float32 at least, also under autocast.
@@ -290,7 +304,8 @@ class BlindPnPNet(nn.Module):
                 points3d.to(dtype),
                 out.P.to(dtype),
                 objective=c.pnp_objective,
-                max_iter=c.pnp_max_iter if c.use_pnp else 0,
+                pose_init=pose_init,
+                max_iter=c.pnp_max_iter if c.use_pnp and refine else 0,
                 init=c.ransac_init,
                 topk=self.topk(x2d.shape[1]),
                 ransac_threshold=c.ransac_threshold,
@@ -303,7 +318,7 @@ class BlindPnPNet(nn.Module):
             )
         out.R_init, out.t_init, out.valid = res.R_init, res.t_init, res.valid
         out.pnp = res
-        if c.use_pnp:
+        if c.use_pnp and refine:
             # A sample the layer flags degenerate keeps its RANSAC pose; one stopped by the iteration
             # cap keeps its refined pose. Neither gets a pose gradient (valid is False).
             out.R = torch.where(res.refined[:, None, None], res.R, res.R_init)

@@ -98,14 +98,16 @@ class BlindPnPModule(pl.LightningModule):
         self._skip_step = False
 
     # -- helpers -------------------------------------------------------------------------------
-    def forward(self, batch: Batch, with_pose: bool = True) -> NetworkOutput:
+    def forward(self, batch: Batch, with_pose: bool = True, refine: bool = True) -> NetworkOutput:
         view = None
         if self.training and self.net.config.view_search:
             # Seeded by the step, so a resumed run draws the same priors as one that never stopped.
             gen = torch.Generator().manual_seed(1_000_003 * self.global_step + 7)
             view = perturb_rotation(batch.R, self.hparams.view_prior_deg, gen)
         b = batch
-        return self.net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, with_pose=with_pose, view=view)
+        return self.net(
+            b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, with_pose=with_pose, view=view, refine=refine
+        )
 
     def current_pose_weight(self) -> float:
         h = self.hparams
@@ -132,8 +134,11 @@ class BlindPnPModule(pl.LightningModule):
         terms["loss"] = total
         return terms
 
-    def method_output(self, out: NetworkOutput, topk: int | None = None) -> MethodOutput:
-        """The network's answer in the evaluation package's format."""
+    def method_output(
+        self, out: NetworkOutput, topk: int | None = None, with_plan: bool = True
+    ) -> MethodOutput:
+        """The network's answer in the evaluation package's format (``with_plan=False``: without the
+        (B, m + 1, n + 1) plan, which the metrics do not need)."""
         rows, cols, scores = topk_matches(out.P.detach(), topk or self.net.topk(out.P.shape[1]))
         # Samples the PnP layer flags degenerate still have the RANSAC pose: a failure only if not finite.
         posed = torch.isfinite(out.R).all((-1, -2)) & torch.isfinite(out.t).all(-1)
@@ -143,7 +148,7 @@ class BlindPnPModule(pl.LightningModule):
             valid=posed,
             pairs=torch.stack([rows, cols], -1),
             scores=scores,
-            plan=out.P_full.detach(),
+            plan=out.P_full.detach() if with_plan else None,
             R_init=out.R_init,
             t_init=out.t_init,
         )
@@ -197,13 +202,18 @@ class BlindPnPModule(pl.LightningModule):
             means[name].update(value.detach())
             self.log(f"{prefix}/{name}", means[name], batch_size=bs)
         if self.hparams.val_pose:
-            metrics.update(batch, self.method_output(out))
+            metrics.update(batch, self.method_output(out, with_plan=False))
 
     def _eval_epoch_end(self, metrics: PoseMetrics, prefix: str) -> None:
         if self.hparams.val_pose and metrics.update_count > 0:
             values = metrics.compute()
             self.log_dict({f"{prefix}/{k}": v.float() for k, v in values.items()})
         metrics.reset()
+
+    def setup(self, stage: str) -> None:
+        # Metric recalls (5 cm, ...) only where the data module says the scene is in metres.
+        metric = bool(getattr(self.trainer.datamodule, "metric_units", False)) if self._trainer else False
+        self.val_metrics.metric_units = self.test_metrics.metric_units = metric
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
