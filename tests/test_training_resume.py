@@ -127,3 +127,22 @@ def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     trainer = fit_with(cli, recorder, ckpt_path="last")
     assert recorder.start == step and recorder.batches == 2 and trainer.global_step == step + 2
     assert adam_steps(load_checkpoint(last)) == {step + 2}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_in_the_middle_of_an_epoch_with_loader_workers(tmp_path, workers):
+    # Killed after step 6 of 8 (epoch 1, batch 2 of 4) and resumed: the same weights as a run that
+    # never stopped, with or without loader workers (whose iterator Lightning makes before it sets
+    # the sampler's epoch).
+    total, stop = 2 * STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2
+    w = ["--data.num_workers", str(workers)]
+    straight = tiny_cli(tmp_path, "straight", total, *w).trainer
+    assert straight.global_step == total
+    part = fit_with(tiny_cli(tmp_path, "resumed", total, *w, run=False), StopAt(stop))
+    assert part.global_step == stop
+    resumed = tiny_cli(tmp_path, "resumed", total, *w, "--ckpt_path", "last").trainer
+    assert resumed.global_step == total
+    final = load_checkpoint(tmp_path / "resumed" / "ckpt" / "last.ckpt")
+    reference = load_checkpoint(tmp_path / "straight" / "ckpt" / "last.ckpt")
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=1e-6, msg=f"{key} differs")

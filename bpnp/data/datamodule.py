@@ -65,17 +65,20 @@ def seed_worker(worker_id: int) -> None:
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A permutation that depends on ``(seed, epoch)`` only, so a run resumed from a checkpoint sees
-    the same data order as one that never stopped (Lightning calls :meth:`set_epoch`)."""
+    the same data order as one that never stopped (Lightning calls :meth:`set_epoch`). ``skip``
+    drops the first indices of the next pass only (a run resumed in the middle of an epoch)."""
 
     def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+        self.size, self.seed, self.epoch, self.skip = size, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
+        order = torch.randperm(self.size, generator=g).tolist()[self.skip :]
+        self.skip = 0
+        return iter(order)
 
     def __len__(self) -> int:
         return self.size
@@ -168,6 +171,8 @@ class BlindPnPDataModule(pl.LightningDataModule):
             )
         self.metric_units = source == "rgbd" if metric_units is None else bool(metric_units)
         self.datasets: dict[str, Dataset[Sample]] = {}
+        self._train_sampler: EpochShuffleSampler | None = None
+        self._resume: dict[str, int] | None = None
 
     def dataset(self, split: str) -> Dataset[Sample]:
         """The dataset of ``split``, built on first use."""
@@ -207,6 +212,13 @@ class BlindPnPDataModule(pl.LightningDataModule):
             sampler = UnpaddedDistributedSampler(dataset)
         else:
             sampler = None
+        if shuffle:
+            self._train_sampler = sampler
+            if self._resume is not None:
+                # Resuming: Lightning makes the epoch's iterator before it sets the sampler's epoch.
+                sampler.set_epoch(self._resume["epoch"])
+                sampler.skip = self._resume["batches"] * self.batch_size
+                self._resume = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
@@ -218,6 +230,22 @@ class BlindPnPDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in its data: the epoch and the batches of it already trained on (saved in
+        checkpoints, so a run resumed in the middle of an epoch continues with its next batch)."""
+        sampler, trainer = self._train_sampler, getattr(self, "trainer", None)
+        if sampler is None or trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        per_epoch = -(-sampler.size // self.batch_size)
+        if done >= per_epoch:  # a checkpoint at the end of an epoch: the next one starts afresh
+            return {"epoch": sampler.epoch + 1, "batches": 0}
+        return {"epoch": sampler.epoch, "batches": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # Lightning restores the data module before it builds the training loader.
+        self._resume = dict(state) if state else None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
