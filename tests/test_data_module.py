@@ -165,3 +165,13 @@ def test_empty_training_set_is_an_error(tmp_path):
     write_cache(SyntheticDataset(num_samples=0), tmp_path / "cache" / "train", progress=False)
     with pytest.raises(ValueError, match=rf"split 'train' of cache {tmp_path}/cache has no samples"):
         BlindPnPDataModule(cache_dir=str(tmp_path / "cache"), num_workers=0).train_dataloader()
+
+
+def test_arguments_a_source_does_not_use_are_named():
+    # these once trained silently on other data than the command line said
+    with pytest.raises(ValueError, match="reads no root"):
+        BlindPnPDataModule("synthetic", root="data/ModelNet40").dataset("train")
+    with pytest.raises(ValueError, match=r"'num_pointz' .*did you mean 'num_points'"):
+        BlindPnPDataModule("synthetic", options={"num_pointz": 64}).dataset("train")
+    with pytest.raises(ValueError, match="train_samples=-5"):
+        BlindPnPDataModule("synthetic", train_samples=-5)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from bpnp.data.bpnpnet_archive import BPnPNetArchiveDataset
 from bpnp.data.cache import CachedDataset
-from bpnp.data.colmap import colmap_dataset
+from bpnp.data.colmap import ColmapDataset, colmap_dataset
 from bpnp.data.modelnet import ModelNet40Dataset
 from bpnp.data.rgbd import RGBDDataset
 from bpnp.data.sample import Batch, Sample, collate
@@ -21,6 +24,8 @@ from bpnp.data.synthetic import SyntheticDataset
 
 SOURCES = ("synthetic", "modelnet40", "colmap", "rgbd", "bpnpnet_archive")
 POINT_CONTROL = ("m_max", "n_max", "outlier_rate_2d", "outlier_rate_3d")
+
+log = logging.getLogger(__name__)
 
 
 def build_dataset(
@@ -33,21 +38,41 @@ def build_dataset(
     split by scene unless ``split_by="image"`` (see :func:`~bpnp.data.colmap.colmap_dataset`).
 
     Raises:
-        ValueError: for an unknown source, or a missing ``root`` where the source needs one.
+        ValueError: for an unknown source, a missing ``root`` where the source needs one, a ``root``
+            where it has none (synthetic), or an option the source does not have (closest named).
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}: expected one of {SOURCES}")
     if source == "synthetic":
+        if root is not None:
+            raise ValueError(
+                f"data source 'synthetic' reads no root (got root={root!r}); pick a source that does"
+            )
+        _check_options(SyntheticDataset, options, source)
         return SyntheticDataset(split=split, seed=seed, **options)
     if root is None:
         raise ValueError(f"data source {source!r} needs a root folder")
-    if source == "modelnet40":
-        return ModelNet40Dataset(root, split=split, seed=seed, **options)
-    if source == "rgbd":
-        return RGBDDataset(root, split=split, seed=seed, **options)
-    if source == "bpnpnet_archive":
-        return BPnPNetArchiveDataset(root, split=split, seed=seed, **options)
+    classes = {"modelnet40": ModelNet40Dataset, "rgbd": RGBDDataset, "bpnpnet_archive": BPnPNetArchiveDataset}
+    if source in classes:
+        _check_options(classes[source], options, source)
+        return classes[source](root, split=split, seed=seed, **options)
+    _check_options(ColmapDataset, options, source)
     return colmap_dataset(root, split=split, seed=seed, **options)
+
+
+def _check_options(cls: type, options: dict[str, Any], source: str) -> None:
+    """Name an option the source's dataset class does not take, and the closest one it does."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted(k for k in params if k not in ("self", "root", "split", "seed", "model_dir", "scene"))
+    for key in options:
+        if key not in params:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"data option {key!r} is not an option of source {source!r}{hint}; valid: {valid}"
+            )
 
 
 def seed_worker(worker_id: int) -> None:
@@ -160,6 +185,11 @@ class BlindPnPDataModule(pl.LightningDataModule):
         self.control = {"m_max": m_max, "n_max": n_max, "outlier_rate_2d": outlier_rate_2d,
                         "outlier_rate_3d": outlier_rate_3d}  # fmt: skip
         self.sizes = {"train": train_samples, "val": val_samples, "test": test_samples}
+        for split, size in self.sizes.items():
+            if size < 0:
+                raise ValueError(f"{split}_samples={size}: must be at least 0")
+        if cache_dir is not None and (source != "synthetic" or root is not None):
+            log.warning("cache_dir %s is read; source %r and root %s are not used", cache_dir, source, root)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
