@@ -1,5 +1,6 @@
-"""The ``bpnp`` command: ``fit | validate | test | predict`` (LightningCLI), ``evaluate`` and
-``visualise`` (pose-accuracy tables and pictures), ``prepare`` (cache a data source)."""
+"""The ``bpnp`` command: ``fit | validate | test | predict`` (LightningCLI), ``predict`` on one's own
+files (with ``--points2d`` or ``--problems``), ``evaluate`` and ``visualise`` (pose-accuracy tables
+and pictures)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
-    if command == "evaluate":
+    if command == "predict" and any(a.split("=")[0] in ("--points2d", "--problems") for a in argv[1:]):
+        from bpnp.predict import predict_main
+
+        predict_main(argv[1:])
+    elif command == "evaluate":
         from bpnp.evaluation.cli import evaluate_main
 
         evaluate_main(argv[1:])

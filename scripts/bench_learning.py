@@ -37,8 +37,9 @@ from bpnp.evaluation.baselines import RansacConfig, per_problem, ransac_pnp
 from bpnp.evaluation.evaluate import evaluate_method
 from bpnp.evaluation.method import MethodOutput
 from bpnp.evaluation.metrics import precision_at_true_count
-from bpnp.evaluation.network_method import NetworkMethod
+from bpnp.evaluation.network_method import NetworkMethod, load_module
 from bpnp.models import topk_matches
+from bpnp.models.pretrained import pretrained_name
 from bpnp.training.cli import CONFIG_DIR, cli_main
 from bpnp.training.losses import inlier_mass
 
@@ -192,7 +193,7 @@ def main() -> None:
     p.add_argument("--val-problems", type=int, default=64)
     p.add_argument("--name", default=None, help="row name (default: the recipe's file name)")
     p.add_argument("--out", type=Path, default=None, help="default outputs/learning/NAME")
-    p.add_argument("--eval-only", type=Path, default=None, metavar="CKPT",
+    p.add_argument("--eval-only", type=str, default=None, metavar="CKPT",
                    help="skip training: evaluate this checkpoint of an earlier run")  # fmt: skip
     args = p.parse_args(argv)
     if args.minutes <= 0:
@@ -223,6 +224,9 @@ def main() -> None:
     if args.eval_only is None:
         cli.trainer.fit(cli.model, cli.datamodule)
         trained_min, steps = (time.monotonic() - start) / 60.0, cli.trainer.global_step
+    elif pretrained_name(args.eval_only) is not None:
+        cli.model = load_module(args.eval_only)  # a network shipped with the package, its own config
+        steps, trained_min = None, float("nan")
     else:
         ckpt = torch.load(args.eval_only, map_location="cpu", weights_only=False)
         cli.model.load_state_dict(ckpt["state_dict"])

@@ -34,11 +34,14 @@ def load_method_from_checkpoint(
     :class:`~bpnp.evaluation.baselines.HungarianMatcher`). The network's "no PnP layer" row comes
     from its ``R_init`` output automatically.
 
+    ``path`` may also be ``pretrained:NAME``, a network shipped with the package.
+
     Raises:
         FileNotFoundError: when ``path`` is not a file.
     """
-    path = Path(path)
-    if not path.is_file():
+    from bpnp.models.pretrained import pretrained_name
+
+    if pretrained_name(str(path)) is None and not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     # Imported here: loading a checkpoint needs the training package, the baselines do not.
     from bpnp.evaluation.network_method import checkpoint_methods

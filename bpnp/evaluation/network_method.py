@@ -63,9 +63,18 @@ def hungarian_on_features(module: BlindPnPModule, ransac: RansacConfig | None = 
 
 
 def load_module(path: str | Path, device: str = "cpu") -> BlindPnPModule:
-    """A trained :class:`BlindPnPModule` from a Lightning checkpoint, on ``device``, in eval mode."""
+    """A trained :class:`BlindPnPModule` from a Lightning checkpoint, or ``pretrained:NAME`` for a
+    network shipped with the package, on ``device``, in eval mode."""
     from bpnp.models import NetConfig
+    from bpnp.models.pretrained import pretrained_name, pretrained_state
     from bpnp.training.module import BlindPnPModule
+
+    name = pretrained_name(str(path))
+    if name is not None:
+        state = pretrained_state(name)
+        module = BlindPnPModule(net=NetConfig(**state["config"]))
+        module.net.load_state_dict(state["state_dict"])
+        return module.to(device).eval()
 
     # Checkpoints written outside LightningCLI keep NetConfig as an object in their hyper-parameters:
     # allow that one class, so loading stays restricted to plain data otherwise.

@@ -1,0 +1,126 @@
+"""``bpnp predict`` on one's own files, through the real command, with the shipped network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import open3d as o3d
+import pytest
+import torch
+from training_utils import ROOT, subprocess_env
+
+from bpnp import load_pretrained
+from bpnp.data.files import read_intrinsics, read_points
+from bpnp.data.synthetic import UNIFORM_PROTOCOL, SyntheticDataset
+from bpnp.geometry import rotation_error_deg
+from bpnp.models import PRETRAINED
+from bpnp.predict import predict_main
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A test problem of the shipped network's protocol (no outliers), with its true pose."""
+    s = SyntheticDataset(split="test", seed=0, num_samples=1, num_points=256, **UNIFORM_PROTOCOL)[0]
+    return s.points2d.double().numpy(), s.points3d.double().numpy(), s.K.double().numpy(), s.R.double()
+
+
+def write_problem(folder, uv, X, K, kinds=("txt", "ply", "txt")):
+    folder.mkdir(parents=True, exist_ok=True)
+    k2, k3, kk = kinds
+    paths = {
+        "points2d": folder / f"points2d.{k2}",
+        "points3d": folder / f"points3d.{k3}",
+        "K": folder / f"K.{kk}",
+    }
+    np.savetxt(
+        paths["points2d"], uv, delimiter="," if k2 == "csv" else " ", header="u v" if k2 == "csv" else ""
+    )
+    if k3 == "ply":
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(X))
+        o3d.io.write_point_cloud(str(paths["points3d"]), pcd)
+    else:
+        np.save(paths["points3d"], X)
+    if kk == "json":
+        paths["K"].write_text(json.dumps({"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2]}))
+    else:
+        np.savetxt(paths["K"], K)
+    return paths
+
+
+def test_predict_on_files_recovers_the_pose(tmp_path, problem):
+    uv, X, K, R = problem
+    paths = write_problem(tmp_path / "p", uv, X, K)
+    out = tmp_path / "result.json"
+    predict_main(["--points2d", str(paths["points2d"]), "--points3d", str(paths["points3d"]),
+                  "--K", str(paths["K"]), "--out", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    R_est = torch.tensor(result["R"], dtype=torch.float64)
+    assert rotation_error_deg(R_est[None], R[None]).item() < 5.0
+    assert result["valid"] and result["num_inliers"] >= 0.5 * len(uv)
+    np.testing.assert_allclose(result["camera_center"], -R_est.numpy().T @ np.array(result["t"]))
+    assert all(m["score"] > 0 for m in result["matches"])
+
+
+def test_batch_mode_over_a_folder_of_problems(tmp_path, problem):
+    uv, X, K, _ = problem
+    write_problem(tmp_path / "in" / "a", uv, X, K, ("csv", "npy", "json"))
+    write_problem(tmp_path / "in" / "b", uv[:100], X, K)
+    written = predict_main(["--problems", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    assert [p.name for p in written] == ["a.json", "b.json"]
+    assert json.loads(written[1].read_text())["num_points2d"] == 100
+
+
+def test_user_mistakes_are_one_line_with_status_2(tmp_path, problem):
+    uv, X, K, _ = problem
+    paths = write_problem(tmp_path / "p", uv, X, K)
+    np.save(tmp_path / "transposed.npy", X.T)
+    cases = {
+        "points2d file": ["--points2d", str(tmp_path / "nope.txt"), "--points3d", str(paths["points3d"])],
+        "expected an (N, 3) array": ["--points2d", str(paths["points2d"]), "--points3d",
+                                     str(tmp_path / "transposed.npy"), "--K", str(paths["K"])],
+        "pass --K FILE": ["--points2d", str(paths["points2d"]), "--points3d", str(paths["points3d"])],
+    }  # fmt: skip
+    for expected, args in cases.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "bpnp.cli", "predict", *args, "--out", str(tmp_path / "r.json")],
+            env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_readers_check_what_they_read(tmp_path):
+    bad = tmp_path / "nan.txt"
+    bad.write_text("1 2\n3 4\nnan 5\n6 7\n8 9\n")
+    with pytest.raises(ValueError, match="row 2 is not finite"):
+        read_points(bad, 2)
+    (tmp_path / "K.txt").write_text("500 0 320\n0 500 240\n0 0 2\n")
+    with pytest.raises(ValueError, match="not a pinhole matrix"):
+        read_intrinsics(tmp_path / "K.txt")
+    (tmp_path / "K4.txt").write_text("500 510 320 240\n")
+    np.testing.assert_array_equal(
+        read_intrinsics(tmp_path / "K4.txt"), [[500, 0, 320], [0, 510, 240], [0, 0, 1]]
+    )
+
+
+def test_the_shipped_network_loads_by_name():
+    assert "synthetic" in PRETRAINED
+    net = load_pretrained("synthetic")
+    assert not net.training and net.config.view_search
+    with pytest.raises(ValueError, match="shipped ones are"):
+        load_pretrained("nope")
+    assert (ROOT / "bpnp" / "models" / "weights" / "synthetic.pt").stat().st_size < 3e6
+
+
+def test_evaluate_accepts_the_shipped_network(tmp_path):
+    from bpnp.evaluation.cli import evaluate_main
+
+    data = ["--data.options", "{num_points: 64}", "--data.test_samples", "2", "--data.num_workers", "0"]
+    rows = evaluate_main(
+        [*data, "--ckpt", "pretrained:synthetic", "--out", str(tmp_path), "--progress", "false"]
+    )
+    assert rows[0].method == "bpnp" and rows[0].summary["num_problems"] == 2
