@@ -31,16 +31,16 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from bpnp.cli.train import CONFIG_DIR, cli_main
 from bpnp.data.sample import Batch, collate
 from bpnp.data.synthetic import UNIFORM_PROTOCOL
 from bpnp.evaluation.baselines import RansacConfig, per_problem, ransac_pnp
 from bpnp.evaluation.evaluate import evaluate_method
-from bpnp.evaluation.method import MethodOutput
-from bpnp.evaluation.metrics import precision_at_true_count
 from bpnp.evaluation.network_method import NetworkMethod, load_module
+from bpnp.metrics.errors import precision_at_true_count
+from bpnp.metrics.output import MethodOutput
 from bpnp.models import topk_matches
 from bpnp.models.pretrained import pretrained_name
-from bpnp.training.cli import CONFIG_DIR, cli_main
 from bpnp.training.losses import inlier_mass
 
 RECIPE = CONFIG_DIR / "recipes" / "uniform_30min.yaml"

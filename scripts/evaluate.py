@@ -5,7 +5,7 @@ several injected outlier rates. Writes table.md, summary.json, problems.csv and 
         --outlier_rates 0,0.25,0.5,0.75 --out runs/eval
 """
 
-from bpnp.evaluation.cli import evaluate_main
+from bpnp.cli.evaluate import evaluate_main
 
 if __name__ == "__main__":
     evaluate_main()

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from bpnp.evaluation.cli import evaluate_main
+from bpnp.cli.evaluate import evaluate_main
+from bpnp.cli.train import DEFAULT_CONFIG, cli_main
 from bpnp.training import BlindPnPModule
-from bpnp.training.cli import DEFAULT_CONFIG, cli_main
 
 
 def save_untrained(model: BlindPnPModule, path: Path, seed: int) -> None:

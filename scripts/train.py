@@ -1,7 +1,7 @@
 """Train, validate, test or predict: ``python scripts/train.py fit --config configs/synthetic.yaml``
 (the same command line as ``bpnp fit ...``)."""
 
-from bpnp.training.cli import cli_main
+from bpnp.cli.train import cli_main
 
 if __name__ == "__main__":
     cli_main()

@@ -5,7 +5,7 @@ blank canvas), the 3D scene with camera frustums, and the transport plan when th
         --data.options.split_by image --split test --baseline [oracle] --indices [0,1] --out runs/vis
 """
 
-from bpnp.viz.cli import visualise_main
+from bpnp.cli.visualise import visualise_main
 
 if __name__ == "__main__":
     visualise_main()

@@ -13,11 +13,11 @@ import pytorch_lightning as pl
 import torch
 from training_utils import TINY, checkpoint_callback, isolated, write_config
 
+from bpnp.cli.evaluate import evaluate_main, load_method_from_checkpoint
+from bpnp.cli.train import cli_main
 from bpnp.data import SyntheticDataset, collate
-from bpnp.evaluation.cli import evaluate_main, load_method_from_checkpoint
 from bpnp.models import NetConfig
 from bpnp.training import BlindPnPModule
-from bpnp.training.cli import cli_main
 
 DATA = ["--data.test_samples", "4", "--data.options", "{num_points: 32, max_rotation_deg: 45}",
         "--data.num_workers", "0"]  # fmt: skip

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
+from bpnp.cli.evaluate import evaluate_main, parse_rates
 from bpnp.data import BlindPnPDataModule
 from bpnp.evaluation import report, summarize
-from bpnp.evaluation.cli import evaluate_main, parse_rates
 from bpnp.evaluation.evaluate import EvalRow
 
 DATA_ARGS = ["--data.test_samples", "5", "--data.options", "{num_points: 80}", "--data.num_workers", "0"]

@@ -10,7 +10,7 @@ import torch
 
 from bpnp.data import Sample, collate
 from bpnp.evaluation import MethodOutput, PoseMetrics, flatten, problem_metrics, summarize
-from bpnp.evaluation.metrics import (
+from bpnp.metrics.errors import (
     error_auc,
     match_precision_recall,
     pose_errors,

@@ -13,11 +13,11 @@ import torch
 from training_utils import ROOT, subprocess_env
 
 from bpnp import load_pretrained
+from bpnp.cli.predict import predict_main
 from bpnp.data.files import read_intrinsics, read_points
 from bpnp.data.synthetic import UNIFORM_PROTOCOL, SyntheticDataset
 from bpnp.geometry import rotation_error_deg
 from bpnp.models import PRETRAINED
-from bpnp.predict import predict_main
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_the_shipped_network_loads_by_name():
 
 
 def test_evaluate_accepts_the_shipped_network(tmp_path):
-    from bpnp.evaluation.cli import evaluate_main
+    from bpnp.cli.evaluate import evaluate_main
 
     data = ["--data.options", "{num_points: 64}", "--data.test_samples", "2", "--data.num_workers", "0"]
     rows = evaluate_main(

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from training_utils import CONFIGS, ROOT, SHARED_DATA, STATUE, TINY, isolated, write_config
 
+from bpnp.cli.train import cli_main
 from bpnp.data import BlindPnPDataModule
-from bpnp.training.cli import cli_main
 
 TUM = SHARED_DATA / "rgbd" / "tum_sample"
 

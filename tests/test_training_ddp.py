@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from training_utils import TINY, csv_logger, isolated, subprocess_env, train_command, write_config
 
-from bpnp.training.cli import cli_main
+from bpnp.cli.train import cli_main
 
 # Each of the two processes gets half of the 16 training and 4 validation problems.
 SETTINGS = {"max_epochs": 1, "num_sanity_val_steps": 0, "log_every_n_steps": 1}

@@ -22,7 +22,7 @@ from training_utils import (
     write_config,
 )
 
-from bpnp.training.cli import cli_main
+from bpnp.cli.train import cli_main
 
 # 16 training problems in batches of 4: an epoch is 4 steps.
 STEPS_PER_EPOCH = 4

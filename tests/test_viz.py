@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from bpnp.cli.visualise import visualise_main
 from bpnp.data import SyntheticDataset, collate
 from bpnp.evaluation import OracleBaseline, RandomBaseline, RansacConfig
 from bpnp.viz import draw_matches, plot_plan, problem_images, problem_view, save_problem_images, wandb_images
-from bpnp.viz.cli import visualise_main
 from bpnp.viz.render3d import build_scene, offscreen_available, render_scene
 
 

@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from training_utils import TINY, isolated, write_config
 
+from bpnp.cli.train import cli_main
 from bpnp.training.callbacks import ValidationImages
-from bpnp.training.cli import cli_main
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402 (after the skip)

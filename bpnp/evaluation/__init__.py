@@ -4,7 +4,7 @@ Any method implementing :class:`Method` (a batch in, a :class:`MethodOutput` out
 the baselines here need no network.
 """
 
-from bpnp.evaluation.aggregate import PoseMetrics, flatten, problem_metrics, summarize
+from bpnp.data.outliers import with_outlier_rate
 from bpnp.evaluation.baselines import (
     BASELINES,
     HungarianMatcher,
@@ -15,9 +15,9 @@ from bpnp.evaluation.baselines import (
     ransac_pnp,
 )
 from bpnp.evaluation.evaluate import EvalRow, evaluate_method, evaluate_sweep
-from bpnp.evaluation.method import Method, MethodOutput, initial_pose_output
-from bpnp.evaluation.outliers import with_outlier_rate
 from bpnp.evaluation.report import markdown_table, write_reports
+from bpnp.metrics.aggregate import PoseMetrics, flatten, problem_metrics, summarize
+from bpnp.metrics.output import Method, MethodOutput, initial_pose_output
 
 __all__ = [
     "BASELINES",

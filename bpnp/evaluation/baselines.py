@@ -21,7 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from bpnp.data.sample import Batch
-from bpnp.evaluation.method import MethodOutput
+from bpnp.metrics.output import MethodOutput
 
 # Time per problem of the random baseline when no other method's time is there to copy.
 DEFAULT_BUDGET_MS = 50.0

@@ -13,9 +13,9 @@ import torch
 from tqdm import tqdm
 
 from bpnp.data.sample import Batch
-from bpnp.evaluation.aggregate import problem_metrics, summarize
 from bpnp.evaluation.baselines import DEFAULT_BUDGET_MS
-from bpnp.evaluation.method import Method, MethodOutput, initial_pose_output
+from bpnp.metrics.aggregate import problem_metrics, summarize
+from bpnp.metrics.output import Method, MethodOutput, initial_pose_output
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class EvalRow:
     """One method at one outlier rate: per-problem columns (each (P,)) and their summary.
 
-    ``summary`` is :func:`~bpnp.evaluation.aggregate.summarize` plus ``ms_per_problem`` (the method's
+    ``summary`` is :func:`~bpnp.metrics.aggregate.summarize` plus ``ms_per_problem`` (the method's
     own time) and ``ms_per_problem_with_loading`` (also the data loader's time).
     """
 

@@ -1,4 +1,4 @@
-"""A trained network as an evaluated :class:`~bpnp.evaluation.method.Method`, and the features +
+"""A trained network as an evaluated :class:`~bpnp.metrics.output.Method`, and the features +
 Hungarian baseline on its features."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from bpnp.data.sample import Batch
 from bpnp.evaluation.baselines import HungarianMatcher, RansacConfig
-from bpnp.evaluation.method import Method, MethodOutput
+from bpnp.metrics.output import Method, MethodOutput
 
 if TYPE_CHECKING:  # evaluation stays importable without pulling in Lightning
     from bpnp.training.module import BlindPnPModule

@@ -17,9 +17,9 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bpnp.evaluation.aggregate import COLUMNS, flatten  # noqa: E402
 from bpnp.evaluation.evaluate import EvalRow  # noqa: E402
-from bpnp.evaluation.metrics import (  # noqa: E402
+from bpnp.metrics.aggregate import COLUMNS, flatten  # noqa: E402
+from bpnp.metrics.errors import (  # noqa: E402
     METRIC_THRESHOLDS,
     RELATIVE_THRESHOLDS,
     REPROJECTION_AUC_PX,

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from bpnp.data.sample import Batch
-from bpnp.evaluation import MethodOutput, PoseMetrics
 from bpnp.geometry.view_search import perturb_rotation
+from bpnp.metrics import MethodOutput, PoseMetrics
 from bpnp.models import BlindPnPNet, NetConfig, NetworkOutput, topk_matches
 from bpnp.training.losses import (
     correspondence_loss,

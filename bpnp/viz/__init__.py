@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from bpnp.data.sample import Batch
-from bpnp.evaluation.method import MethodOutput
+from bpnp.metrics.output import MethodOutput
 from bpnp.viz.draw2d import draw_matches
 from bpnp.viz.plan import plot_plan
 from bpnp.viz.problem import ProblemView, problem_view

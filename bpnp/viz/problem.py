@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bpnp.data.sample import Batch
-from bpnp.evaluation.method import MethodOutput
+from bpnp.metrics.output import MethodOutput
 
 
 @dataclass

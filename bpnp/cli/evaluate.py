@@ -17,11 +17,11 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from bpnp.data import BlindPnPDataModule, collate
+from bpnp.data.outliers import with_outlier_rate
 from bpnp.evaluation.baselines import BASELINES, RandomBaseline, RansacConfig
 from bpnp.evaluation.evaluate import EvalRow, evaluate_sweep
-from bpnp.evaluation.method import Method
-from bpnp.evaluation.outliers import with_outlier_rate
 from bpnp.evaluation.report import SCALES, write_reports
+from bpnp.metrics.output import Method
 
 log = logging.getLogger(__name__)
 

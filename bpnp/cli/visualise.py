@@ -7,9 +7,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from bpnp.cli.evaluate import base_parser, build_dataset, build_methods, parse
 from bpnp.data import collate
-from bpnp.evaluation.cli import base_parser, build_dataset, build_methods, parse
-from bpnp.evaluation.outliers import with_outlier_rate
+from bpnp.data.outliers import with_outlier_rate
 from bpnp.viz import save_problem_images
 from bpnp.viz.render3d import BACKENDS
 

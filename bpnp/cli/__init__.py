@@ -11,22 +11,18 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     if command == "predict" and any(a.split("=")[0] in ("--points2d", "--problems") for a in argv[1:]):
-        from bpnp.predict import predict_main
+        from bpnp.cli.predict import predict_main
 
         predict_main(argv[1:])
     elif command == "evaluate":
-        from bpnp.evaluation.cli import evaluate_main
+        from bpnp.cli.evaluate import evaluate_main
 
         evaluate_main(argv[1:])
     elif command in ("visualise", "visualize"):
-        from bpnp.viz.cli import visualise_main
+        from bpnp.cli.visualise import visualise_main
 
         visualise_main(argv[1:])
     else:
-        from bpnp.training.cli import cli_main
+        from bpnp.cli.train import cli_main
 
         cli_main(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -15,8 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from bpnp.data.sample import Batch
-from bpnp.evaluation.method import MethodOutput
-from bpnp.evaluation.metrics import (
+from bpnp.metrics.errors import (
     METRIC_THRESHOLDS,
     QUARTILES,
     RELATIVE_THRESHOLDS,
@@ -32,6 +31,7 @@ from bpnp.evaluation.metrics import (
     reprojection_errors,
     scene_extent,
 )
+from bpnp.metrics.output import MethodOutput
 
 # Per-problem error columns summarised by quartiles, in report order.
 ERROR_COLUMNS: tuple[str, ...] = (
@@ -60,7 +60,7 @@ def problem_metrics(batch: Batch, out: MethodOutput) -> dict[str, Tensor]:
 
     ``relative_center_error`` is the camera-centre error divided by :func:`scene_extent`;
     ``topk_inlier_ratio`` is the precision of the method's best K pairs with K the number of true
-    matches (:func:`~bpnp.evaluation.metrics.precision_at_true_count`: ceiling 1 for every method),
+    matches (:func:`~bpnp.metrics.errors.precision_at_true_count`: ceiling 1 for every method),
     ``match_recall`` the recall of all its pairs (``nan`` when the method gives no pairs).
     """
     batch = batch.to("cpu")
