@@ -1,0 +1,31 @@
+"""User mistakes through the real ``bpnp`` command: one line naming what is wrong, status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from training_utils import CONFIGS, subprocess_env
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["fit", "--config", str(CONFIGS / "megadepth.yaml"), "--data.root", "/nonexistent",
+          "--trainer.max_steps", "1", "--trainer.logger", "false"],
+         "bpnp fit: error: COLMAP root /nonexistent not found"),
+        (["evaluate", "--data.source", "synthetic", "--data.root", "/x", "--baseline", "oracle"],
+         "bpnp evaluate: error: data source 'synthetic' reads no root"),
+    ],
+)  # fmt: skip
+def test_a_user_mistake_is_one_line_and_status_2(tmp_path, args, expected):
+    proc = subprocess.run([sys.executable, "-m", "bpnp.cli", *args], env=subprocess_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(expected)
+    # --debug shows where it came from
+    debug = subprocess.run([sys.executable, "-m", "bpnp.cli", *args, "--debug"], env=subprocess_env(),
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
