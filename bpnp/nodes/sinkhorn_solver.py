@@ -291,7 +291,8 @@ def solve_log_domain_unrolled(
 ) -> tuple[Tensor, SolverInfo]:
     """Differentiable log-domain Sinkhorn: autograd records every iteration (memory grows with them).
 
-    Stops when every sample meets ``tol`` (checked without gradient every ``check_every`` iterations).
+    Each sample stops when it meets ``tol`` (checked without gradient every ``check_every``
+    iterations), as it would alone.
     Samples with nothing to transport are left out of the iterations (their plan is 0, and so is
     their gradient: log-sum-exp over an all ``-inf`` row has a NaN derivative).
 
@@ -318,16 +319,19 @@ def solve_log_domain_unrolled(
     f = torch.zeros_like(log_r)
     g = torch.where(torch.isfinite(log_c), torch.zeros_like(log_c), -torch.inf)
     done = 0
-    while done < max_iter:
+    running = torch.ones(B, dtype=torch.bool, device=C.device)
+    while done < max_iter and bool(running.any()):
         steps = min(check_every, max_iter - done)
-        f, g = log_domain_iterations(C, log_r, log_c, f, g, steps)
+        f_new, g_new = log_domain_iterations(C, log_r, log_c, f, g, steps)
+        # A sample that met tol keeps its potentials: it stops where it would stop alone.
+        f, g = torch.where(running[:, None], f_new, f), torch.where(running[:, None], g_new, g)
         done += steps
+        iterations = torch.where(running, done, iterations)
         if tol > 0:
             with torch.no_grad():
-                if bool((row_error(plan_from_potentials(C, f, g), r) <= tol).all()):
-                    break
+                running = running & (row_error(plan_from_potentials(C, f, g), r) > tol)
     P = plan_from_potentials(C, f, g)
     with torch.no_grad():
         error = row_error(P, r)
         log_error = _log_error(f, g)
-    return P, SolverInfo(torch.full_like(iterations, done), error, _converged(error, tol), log_error)
+    return P, SolverInfo(iterations, error, _converged(error, tol), log_error)

@@ -367,8 +367,15 @@ def weighted_pnp(
         raise ValueError("robust kernels need the paired form: pass sparse_topk for a dense plan")
     dtype = torch.promote_types(torch.promote_types(x2d.dtype, x3d.dtype), weights.dtype)
     if not dtype.is_floating_point:
-        raise TypeError(f"inputs must be floating point, got {dtype}")
+        raise TypeError(
+            f"weighted_pnp: 'x2d', 'x3d' and 'weights' must be floating point, got {x2d.dtype}, {x3d.dtype}, "
+            f"{weights.dtype}"
+        )
     x2d, x3d, weights = x2d.to(dtype), x3d.to(dtype), weights.to(dtype)
+    if pose_init is not None:
+        _check_pose_init(pose_init, x2d.shape[0], dtype, x2d.device)
+    if weights.numel() == 0:  # no sample, or no pair in any: nothing to solve
+        return _empty_result(weights, x2d.shape[0])
     x2d, x3d, weights = _apply_masks(dense, x2d, x3d, weights, row_mask, col_mask)
 
     if dense and sparse_topk is not None:
@@ -404,6 +411,17 @@ def weighted_pnp(
     t = s[:, None] * t - (R @ c[..., None]).squeeze(-1)
     t0 = s[:, None] * t0 - (R0 @ c[..., None]).squeeze(-1)
     return PnPResult(R, t, value, valid, refined, iterations, converged, R0, t0)
+
+
+def _empty_result(weights: Tensor, B: int) -> PnPResult:
+    """Every sample invalid, at the identity pose; ``weights`` is empty, so the zero it contributes
+    keeps the outputs on the autograd graph without touching any number."""
+    zero = weights.sum() * 0
+    R = torch.eye(3, dtype=weights.dtype, device=weights.device).expand(B, 3, 3) + zero
+    t = torch.zeros(B, 3, dtype=weights.dtype, device=weights.device) + zero
+    no = torch.zeros(B, dtype=torch.bool, device=weights.device)
+    steps = torch.zeros(B, dtype=torch.long, device=weights.device)
+    return PnPResult(R, t, t[:, 0], no, no, steps, no, R.detach(), t.detach())
 
 
 def _point_mask(dense: bool, x3d: Tensor, weights: Tensor, col_mask: Tensor | None) -> Tensor:

@@ -215,10 +215,13 @@ def torch_ransac(
         w.gather(1, order),
     )
     n_pos = (w > 0).sum(-1).clamp_min(1)
-
-    def draw(shape: tuple[int, ...]) -> Tensor:
-        u = torch.rand((B, *shape), generator=generator, device=dev, dtype=torch.float64)
-        return (u * n_pos.view(B, *([1] * len(shape)))).long().clamp_max(k - 1)
+    n_sub = min(prescore_pairs, k)
+    # One draw, each sample's numbers contiguous: a sample's hypotheses and pre-scoring pairs depend
+    # on its place in the batch only, not on how many samples follow it.
+    uniform = torch.rand(
+        (B, hypotheses * sample_size + n_sub), generator=generator, device=dev, dtype=torch.float64
+    )
+    index = (uniform * n_pos[:, None]).long().clamp(0, max(k - 1, 0))
 
     def gather_pairs(idx: Tensor) -> tuple[Tensor, Tensor]:
         flat = idx.reshape(B, -1)
@@ -226,11 +229,11 @@ def torch_ransac(
         Xs = X.gather(1, flat[..., None].expand(-1, -1, 3)).reshape(*idx.shape, 3)
         return xs, Xs
 
-    xs, Xs = gather_pairs(draw((hypotheses, sample_size)))
+    xs, Xs = gather_pairs(index[:, : hypotheses * sample_size].reshape(B, hypotheses, sample_size))
     P = dlt_camera_matrix(xs, Xs, fix_depth=True)  # (B, H, 3, 4)
     P = torch.where(torch.isfinite(P), P, torch.zeros_like(P))
     # Cheap pre-scoring on a random subset of pairs, then full scoring of the best few.
-    sub = draw((min(prescore_pairs, k),))
+    sub = index[:, hypotheses * sample_size :]
     xp, Xp = gather_pairs(sub)
     pre, _ = _inlier_scores(P, xp, Xp, w.gather(1, sub), threshold)
     top = pre.topk(min(keep, hypotheses), dim=-1).indices
