@@ -87,3 +87,16 @@ def test_switching_the_pose_loss_on_keeps_the_matching():
     assert before > 4 / 32  # well above chance (1/32): the matching was learned
     after = run(24, 0.1)
     assert after >= 0.9 * before, (before, after)
+
+
+def test_validation_metrics_get_the_pairs_not_the_plan(monkeypatch):
+    # the (B, m + 1, n + 1) plan is not needed by the metrics: it must not be copied to the CPU per batch
+    module = BlindPnPModule(net=NET).eval()
+    seen = []
+    monkeypatch.setattr(module.val_metrics, "update", lambda batch, out: seen.append(out))
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    with torch.no_grad():
+        module._eval_step(_batch(), module.val_metrics, "val")
+    (out,) = seen
+    assert out.plan is None and out.pairs is not None and out.pairs.shape[0] == 4
+    assert module.method_output(module(_batch())).plan is not None  # prediction still has it
