@@ -13,7 +13,7 @@ Rows (median of ``--repeats`` runs, float32 unless ``--dtype``):
   initial pose; backward as generic declarative-node code does it: H and the 6 x (m n) matrix B of
   mixed second derivatives by double autograd, then ``-v^T H^-1 B``.
 - accuracy: rotation / translation error of each objective and remedy against the ground truth
-  (the diffuse-plan bias, DESIGN.md section 4).
+  (the diffuse-plan bias, docs/design.md section 4).
 
     python scripts/bench_pnp.py --threads 1 --out bench_results
 """

@@ -1,7 +1,7 @@
 """Implicit vector-Jacobian product of the entropic optimal-transport plan.
 
 With ``P_ij = exp(f_i + g_j - gamma M_ij)`` and the constraints ``P 1 = r``, ``P^T 1 = c``, an upstream
-gradient ``V = dL/dP`` gives (DESIGN.md section 3)
+gradient ``V = dL/dP`` gives (docs/design.md section 3)
 
     dL/dM_ij = gamma P_ij (lambda_i + mu_j - V_ij),   dL/dr = lambda,   dL/dc = mu,
 

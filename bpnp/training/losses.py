@@ -1,4 +1,4 @@
-"""Training losses (DESIGN.md section 5): correspondence terms on the plan, pose terms on the PnP
+"""Training losses (docs/design.md section 5): correspondence terms on the plan, pose terms on the PnP
 layer's output, and the schedule that switches the pose terms on without undoing the matching."""
 
 from __future__ import annotations
