@@ -8,6 +8,8 @@ import sys
 import pytest
 from training_utils import CONFIGS, subprocess_env
 
+pytestmark = pytest.mark.slow  # subprocesses or long property runs
+
 
 @pytest.mark.parametrize(
     ("args", "expected"),

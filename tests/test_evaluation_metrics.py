@@ -89,11 +89,12 @@ def test_match_precision_and_recall_by_hand():
 def test_precision_at_the_number_of_true_matches_by_hand():
     match = torch.tensor([[0, 1, -1]] * 4 + [[-1, -1, -1]])  # K = 2 (last problem: no true match)
     pairs = torch.tensor([[[0, 0], [2, 2], [1, 1]]] * 5)
-    scores = torch.tensor([[0.9, 0.5, 0.4], [0.9, 0.0, 0.4], [0.9, -1, -1], [0.9, 0.5, 0.4], [1, 1, 1]])
+    scores = torch.tensor([[0.9, 0.5, 0.4], [0.9, 0.0, 0.4], [0.9, -1, -1], [-0.1, -0.5, -0.6], [1, 1, 1]])
     pairs[2, 1:] = -1  # one pair listed
     p = precision_at_true_count(pairs, match, scores)
-    # best two (0,0) (2,2): 1 of 2; the zero-score pair dropped: 2 of 2; one pair for K = 2: 1 of 2
-    assert p[:3].tolist() == [0.5, 1.0, 0.5]
+    # best two (0,0) (2,2): 1 of 2; the zero-score pair dropped: 2 of 2; one pair for K = 2: 1 of 2;
+    # negative scores (a cost) count like any others
+    assert p[:4].tolist() == [0.5, 1.0, 0.5, 0.5]
     # a perfect answer listing 1.5 m pairs reaches the ceiling: no score means the given order
     long = torch.tensor([[[0, 0], [1, 1], [2, 0], [2, 1]]])
     assert precision_at_true_count(long, match[:1]).item() == 1.0

@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from bpnp.geometry import axis_angle_to_matrix
 from bpnp.nodes import sinkhorn, weighted_pnp
 
+pytestmark = pytest.mark.slow  # subprocesses or long property runs
+
 F32, F64 = torch.float32, torch.float64
 
 

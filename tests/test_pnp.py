@@ -17,16 +17,6 @@ from bpnp.nodes.pnp import checks
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # The solver runs many tiny batched ops; on a shared 2-core machine one thread avoids OpenMP
-    # contention that otherwise dominates the run time. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_scene(B: int, n: int, *, noise: float = 0.0, seed: int = 0, dtype=F64):
     """Random poses looking at points in [-1, 1]^3 about 6 units away; 2D points in normalised units."""
     g = torch.Generator().manual_seed(seed)
@@ -317,7 +307,7 @@ def test_invalid_arguments():
         weighted_pnp(x, X, torch.ones(1, 8, dtype=F64), objective="euclidean")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_cpu():
     x, X, R, t = make_scene(2, 30, noise=0.003, seed=17)
     W = torch.rand(2, 30, 30, dtype=F64) * 0.01 + torch.eye(30, dtype=F64)

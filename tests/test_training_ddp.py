@@ -15,6 +15,8 @@ from training_utils import TINY, csv_logger, isolated, subprocess_env, train_com
 
 from bpnp.cli.train import cli_main
 
+pytestmark = pytest.mark.slow  # subprocesses or long property runs
+
 # Each of the two processes gets half of the 16 training and 4 validation problems.
 SETTINGS = {"max_epochs": 1, "num_sanity_val_steps": 0, "log_every_n_steps": 1}
 

@@ -94,6 +94,7 @@ def test_resume_from_last_continues_and_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=0, msg=f"{key} differs")
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     run_dir = tmp_path / "killed"
     last = run_dir / "ckpt" / "last.ckpt"

@@ -33,17 +33,12 @@ TINY = [
 @contextmanager
 def isolated(tmp_path: Path, monkeypatch) -> Iterator[None]:
     """Run a training test in a scratch folder (nothing lands in the repository even if a default
-    path slips through), with wandb off unless the test says otherwise, and one intra-op thread:
-    on this 2-core machine, with other processes busy, two threads made tiny steps 30x slower."""
+    path slips through), with wandb off unless the test says otherwise (conftest.py keeps one
+    intra-op thread for the whole session)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["bpnp"])
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    yield
 
 
 def checkpoint_callback(dirpath: Path, every_n_train_steps: int | None = None) -> dict[str, Any]:

@@ -197,8 +197,9 @@ def precision_at_true_count(pairs: Tensor, match: Tensor, scores: Tensor | None 
     """Precision of a method's best ``K`` pairs, ``K`` = the problem's number of true matches.
 
     One ``K`` for every method, so a perfect answer scores 1 whether it lists ``K`` pairs or
-    ``1.5 m``; pairs with a score of 0 or less carry no information and are dropped first, and a
-    method that lists fewer than ``K`` pairs is charged for the missing ones.
+    ``1.5 m``; pairs of score exactly 0 (no weight in the plan) are dropped first, and a method that
+    lists fewer than ``K`` pairs is charged for the missing ones. Scores may be of any sign (the
+    Hungarian baseline scores by negative cost).
 
     Args:
         pairs: (B, k, 2) int, best first, ``-1`` rows as padding.
@@ -209,7 +210,7 @@ def precision_at_true_count(pairs: Tensor, match: Tensor, scores: Tensor | None 
     """
     real = (pairs[..., 0] >= 0) & (pairs[..., 1] >= 0)
     if scores is not None:
-        real = real & (scores > 0)
+        real = real & (scores != 0)
     # the K best of the real pairs: rank among the real ones, in the given order
     rank = real.long().cumsum(1) - 1
     K = (match >= 0).sum(1)
