@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from bpnp.nodes.declarative import DeclarativeNode, declarative
 from bpnp.nodes.sinkhorn_backward import sinkhorn_vjp
 from bpnp.nodes.sinkhorn_solver import (
     SolverInfo,
@@ -29,20 +30,29 @@ from bpnp.nodes.sinkhorn_solver import (
 MAX_LOG_ERROR = 1e-3
 
 
-class _ImplicitSinkhorn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, M: Tensor, r: Tensor, c: Tensor, gamma: float, max_iter: int, tol: float):
-        P, info = solve_scaling(gamma * M, r, c, max_iter, tol)
-        ctx.gamma = gamma
-        ctx.save_for_backward(P)
-        ctx.mark_non_differentiable(info.iterations, info.error, info.converged, info.log_error)
-        return P, info.iterations, info.error, info.converged, info.log_error
+class SinkhornNode(DeclarativeNode):
+    """Entropic optimal transport as a declarative node: inputs ``(M, r, c)``, output the plan.
 
-    @staticmethod
-    def backward(ctx, grad_P: Tensor, *_):
-        (P,) = ctx.saved_tensors
-        grad_M, grad_r, grad_c = sinkhorn_vjp(P, grad_P, ctx.gamma)
-        return grad_M, grad_r, grad_c, None, None, None
+    Objective ``<M, P> + (1/gamma) <P, log P>`` under ``P 1 = r``, ``P^T 1 = c``; the backward solves
+    the constrained optimality conditions through the Schur complement (:func:`sinkhorn_vjp`)
+    instead of the generic unconstrained VJP.
+    """
+
+    def __init__(self, gamma: float, max_iter: int, tol: float) -> None:
+        self.gamma, self.max_iter, self.tol = gamma, max_iter, tol
+
+    def solve(self, M: Tensor, r: Tensor, c: Tensor):
+        P, info = solve_scaling(self.gamma * M, r, c, self.max_iter, self.tol)
+        return P, (info.iterations, info.error, info.converged, info.log_error), (P,)
+
+    def objective(self, M: Tensor, r: Tensor, c: Tensor, y: Tensor) -> Tensor:
+        entropy = torch.where(y > 0, y * y.clamp_min(torch.finfo(y.dtype).tiny).log(), 0.0)
+        return (M * y).sum((-2, -1)) + entropy.sum((-2, -1)) / self.gamma
+
+    def vjp(self, saved, grads, needs):
+        (P,), (grad_P,) = saved, grads
+        grad_P = torch.zeros_like(P) if grad_P is None else grad_P
+        return sinkhorn_vjp(P, grad_P, self.gamma)
 
 
 def _marginal(x: Tensor | None, mask: Tensor, name: str, dtype: torch.dtype) -> Tensor:
@@ -175,7 +185,7 @@ def _solve(
     M: Tensor, r: Tensor, c: Tensor, gamma: float, max_iter: int, tol: float, backward: str
 ) -> tuple[Tensor, SolverInfo]:
     if backward == "implicit":
-        P, *info = _ImplicitSinkhorn.apply(M, r, c, float(gamma), int(max_iter), float(tol))
+        P, *info = declarative(SinkhornNode(float(gamma), int(max_iter), float(tol)), M, r, c)
         return P, SolverInfo(*info)
     return solve_log_domain_unrolled(gamma * M, r, c, max_iter, tol)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from bpnp.geometry import normalized_to_bearings, vee
+from bpnp.nodes.declarative import DeclarativeNode, declarative
 from bpnp.nodes.pnp.checks import (
     behind_camera,
     collinear,
@@ -32,6 +32,7 @@ from bpnp.nodes.pnp.objectives import (
     column_mass,
     dense_features,
     dense_objective,
+    derivatives,
     local_pose,
     paired_objective,
 )
@@ -92,9 +93,19 @@ def _samples_finite(*xs: Tensor) -> Tensor:
     return torch.stack([torch.isfinite(x).flatten(1).all(-1) for x in xs], dim=0).all(0)
 
 
-class _WeightedPnP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2d, x3d, weights, R0, t0, init_ok, cfg: _Config):  # type: ignore[override]
+class PnPNode(DeclarativeNode):
+    """Weighted PnP as a declarative node: inputs ``(x2d, x3d, weights, R0, t0, init_ok)``, outputs
+    ``(R, t, objective)`` and the diagnostics ``(valid, refined, iterations, converged)``.
+
+    ``solve`` is RANSAC-initialised Levenberg-Marquardt plus the degeneracy checks; ``vjp`` is the
+    implicit gradient in local pose coordinates, through the collapsed features in the dense form.
+    """
+
+    def __init__(self, cfg: _Config) -> None:
+        self.cfg = cfg
+
+    def solve(self, x2d, x3d, weights, R0, t0, init_ok):
+        cfg = self.cfg
         finite = init_ok & _samples_finite(x2d, x3d, *(() if cfg.dense else (weights,)))
         x2d, x3d = _zero_samples(x2d, finite), _zero_samples(x3d, finite)
         G = None
@@ -144,19 +155,29 @@ class _WeightedPnP(torch.autograd.Function):
         t = torch.where(ok[:, None], sol.t, torch.zeros_like(sol.t))
         value = torch.where(ok, sol.value, torch.zeros_like(sol.value))
         H = torch.where(valid[:, None, None], sol.hessian, torch.eye(6, dtype=R.dtype, device=R.device))
-        ctx.cfg = cfg
-        ctx.save_for_backward(x2d, x3d, weights, G, R, t, H, valid)
-        ctx.mark_non_differentiable(valid, refined, sol.iterations, sol.converged)
-        return R, t, value, valid, refined, sol.iterations, sol.converged
+        saved = (x2d, x3d, weights, G if G is not None else torch.zeros(0), R, t, H, valid)
+        return (R, t, value), (valid, refined, sol.iterations, sol.converged), saved
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_R, grad_t, grad_value, *_):  # type: ignore[override]
-        need_2d, need_3d, need_w = ctx.needs_input_grad[:3]
+    def objective(self, x2d, x3d, weights, R0, t0, init_ok, y):
+        """The weighted objective (B,) at the pose ``y = (R, t)`` (in the node's normalised frame)."""
+        cfg = self.cfg
+        if cfg.dense:
+            G = (dense_features(cfg.objective, x2d).transpose(-1, -2) @ weights).transpose(-1, -2)
+            problem = collapse_dense(cfg.objective, x3d, G)
+        else:
+            target = normalized_to_bearings(x2d) if cfg.objective == "angular" else x2d
+            const = torch.zeros_like(weights[:, 0])
+            problem = PairedProblem(cfg.objective, x3d, target, weights, const, cfg.robust, cfg.scale_sq)
+        return derivatives(problem, *y)[0]
+
+    def vjp(self, saved, grads, needs):
+        need_2d, need_3d, need_w = needs[:3]
         if not (need_2d or need_3d or need_w):
-            return (None,) * 7
-        x2d, x3d, weights, G, R, t, H, valid = ctx.saved_tensors
-        cfg: _Config = ctx.cfg
+            return (None,) * 6
+        x2d, x3d, weights, G, R, t, H, valid = saved
+        cfg = self.cfg
+        G = G if cfg.dense else None
+        grad_R, grad_t, grad_value = grads
         B = R.shape[0]
         grad_R = torch.zeros_like(R) if grad_R is None else grad_R
         grad_t = torch.zeros_like(t) if grad_t is None else grad_t
@@ -205,7 +226,7 @@ class _WeightedPnP(torch.autograd.Function):
             _masked_grad(grad_3d, x3d, valid) if need_3d else None,
             _masked_grad(grad_w, weights, valid, w_finite if cfg.dense else None) if need_w else None,
         ]
-        return (*out, None, None, None, None)
+        return (*out, None, None, None)
 
 
 def _masked_grad(gx: Tensor | None, like: Tensor, valid: Tensor, finite: Tensor | None = None) -> Tensor:
@@ -404,8 +425,8 @@ def weighted_pnp(
     t0 = torch.where(init_ok[:, None], t0, torch.zeros_like(t0))
 
     cfg = _Config(dense, objective, robust, robust_scale**2, max_iter, tol)
-    R, t, value, valid, refined, iterations, converged = _WeightedPnP.apply(
-        x2d, x3d, weights, R0, t0, init_ok, cfg
+    R, t, value, valid, refined, iterations, converged = declarative(
+        PnPNode(cfg), x2d, x3d, weights, R0, t0, init_ok
     )
     # Back to the scene's frame: x_cam = R X + t with X = s X_n + c, and the camera frame scaled by s.
     t = s[:, None] * t - (R @ c[..., None]).squeeze(-1)
