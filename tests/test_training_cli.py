@@ -43,8 +43,10 @@ def test_every_config_prints_a_complete_config(name, capsys):
     logger = cfg["trainer"]["logger"]
     logger = logger[0] if isinstance(logger, list) else logger
     assert logger["class_path"].endswith("WandbLogger")
-    # every config writes under its own folder, so runs of different configs never mix
-    assert logger["init_args"]["save_dir"] == f"outputs/{name}"
+    # every config writes under its own folder, so runs of different configs never mix; loggers and
+    # checkpoints are relative to it
+    assert cfg["trainer"]["default_root_dir"] == f"outputs/{name}"
+    assert logger["init_args"]["save_dir"] == "."
 
 
 def test_full_protocol_config_has_bpnpnet_settings(capsys):
@@ -173,3 +175,14 @@ def test_main_job_evaluates_on_the_data_it_trained_on():
     assert main.data_overrides(overrides) == [
         "--data.options", "{num_points: 64}", "--data.seed=3", "--data.outlier_rate_2d", "0.5"
     ]
+
+
+def test_default_root_dir_moves_every_output(tmp_path):
+    # the shipped config's loggers and checkpoints are relative to trainer.default_root_dir
+    root = tmp_path / "elsewhere"
+    cli_main(["fit", *TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
+              "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+              "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    assert any((root / "csv").rglob("hparams.yaml")) and (root / "config.yaml").is_file()
+    assert not (tmp_path / "outputs").exists()  # the working folder is untouched

@@ -2,8 +2,10 @@
 
 ``configs/synthetic.yaml`` is the embedded default, so ``bpnp fit`` alone trains on built-in synthetic
 data; further ``--config`` files (``configs/trainer/*.yaml`` presets) and ``--section.key value``
-overrides apply on top. Experiments are logged to Weights & Biases, offline unless an API key is
-configured (``wandb login``) or ``WANDB_MODE`` says otherwise.
+overrides apply on top. Relative ``save_dir`` of loggers and ``dirpath`` of checkpoint callbacks are
+relative to ``trainer.default_root_dir``, so ``--trainer.default_root_dir DIR`` moves every output.
+Experiments are logged to Weights & Biases, offline unless an API key is configured (``wandb login``)
+or ``WANDB_MODE`` says otherwise.
 """
 
 from __future__ import annotations
@@ -39,11 +41,36 @@ def default_wandb_mode() -> None:
         os.environ["WANDB_MODE"] = "offline"
 
 
+class BlindPnPCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root_outputs(cfg.trainer)
+
+
+def root_outputs(trainer) -> None:
+    """Put relative logger ``save_dir`` and checkpoint ``dirpath`` under ``trainer.default_root_dir``."""
+    root = Path(trainer.get("default_root_dir") or ".")
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        args = logger.get("init_args") if hasattr(logger, "get") else None
+        if args is not None and args.get("save_dir") is not None and not Path(args.save_dir).is_absolute():
+            args.save_dir = str(root / args.save_dir)
+    for callback in trainer.get("callbacks") or []:
+        args = callback.get("init_args") if hasattr(callback, "get") else None
+        if (
+            str(callback.get("class_path", "")).endswith("ModelCheckpoint")
+            and args is not None
+            and args.get("dirpath") is not None
+            and not Path(args.dirpath).is_absolute()
+        ):
+            args.dirpath = str(root / args.dirpath)
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Build (and by default run) the command line; ``args`` as ``sys.argv[1:]``."""
     default_wandb_mode()
     defaults = {"default_config_files": [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []}
-    return LightningCLI(
+    return BlindPnPCLI(
         BlindPnPModule,
         BlindPnPDataModule,
         args=args,
