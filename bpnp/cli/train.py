@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import netrc
 import os
+from importlib import resources
 from pathlib import Path
 
 from pytorch_lightning.cli import LightningCLI
@@ -20,7 +21,9 @@ from bpnp.data import BlindPnPDataModule
 from bpnp.training.callbacks import LoggedSaveConfig
 from bpnp.training.module import BlindPnPModule
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Shipped inside the package (``configs/`` at the repository root links here), so an installed
+# ``bpnp fit`` finds its default config from any folder.
+CONFIG_DIR = Path(str(resources.files("bpnp") / "configs"))
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
