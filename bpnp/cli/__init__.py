@@ -1,6 +1,6 @@
 """The ``bpnp`` command: ``fit | validate | test | predict`` (LightningCLI), ``predict`` on one's own
 files (with ``--points2d`` or ``--problems``), ``evaluate`` and ``visualise`` (pose-accuracy tables
-and pictures).
+and pictures), ``example`` (one synthetic problem written as ``predict``'s input files).
 
 A user mistake that surfaces as ``FileNotFoundError`` or ``ValueError`` (a missing file or folder,
 a bad source, a malformed input) prints one line naming it and exits with status 2; ``--debug``
@@ -17,6 +17,10 @@ def _dispatch(command: str, argv: list[str]) -> None:
         from bpnp.cli.predict import predict_main
 
         predict_main(argv[1:])
+    elif command == "example":
+        from bpnp.cli.example import example_main
+
+        example_main(argv[1:])
     elif command == "evaluate":
         from bpnp.cli.evaluate import evaluate_main
 
