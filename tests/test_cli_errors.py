@@ -31,3 +31,12 @@ def test_a_user_mistake_is_one_line_and_status_2(tmp_path, args, expected):
     debug = subprocess.run([sys.executable, "-m", "bpnp.cli", *args, "--debug"], env=subprocess_env(),
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize(("wrong", "right"), [("--data.batchsize", "--data.batch_size"),
+                                              ("--model.net.gama", "--model.net.gamma")])  # fmt: skip
+def test_an_unknown_option_gets_the_closest_valid_one(tmp_path, wrong, right):
+    cmd = [sys.executable, "-m", "bpnp.cli", "fit", wrong, "5", "--print_config"]
+    proc = subprocess.run(cmd, env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=99)
+    assert proc.returncode == 2
+    assert f"did you mean {right}?" in proc.stderr

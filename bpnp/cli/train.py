@@ -10,14 +10,18 @@ or ``WANDB_MODE`` says otherwise.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import netrc
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
 from pytorch_lightning.cli import LightningCLI
 
 from bpnp.data import BlindPnPDataModule
+from bpnp.models import NetConfig
 from bpnp.training.callbacks import LoggedSaveConfig
 from bpnp.training.module import BlindPnPModule
 
@@ -45,9 +49,37 @@ def default_wandb_mode() -> None:
 
 
 class BlindPnPCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except SystemExit as e:
+            if e.code not in (0, None):
+                suggest_keys(parser, list(sys.argv[1:] if args is None else args))
+            raise
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         root_outputs(cfg.trainer)
+
+
+def suggest_keys(parser, args: list[str]) -> None:
+    """After a parse error, name the closest valid option of every ``--key`` that is not one."""
+    sub = parser
+    actions = getattr(parser, "_subcommands_action", None)
+    if actions is not None and args and args[0] in actions.choices:
+        sub = actions.choices[args[0]]
+    try:
+        valid = {f"--{k}" for k in sub.get_defaults().keys()}
+    except Exception:  # the defaults themselves may fail to build; then there is nothing to suggest
+        return
+    valid |= {f"--model.net.{f.name}" for f in dataclasses.fields(NetConfig)}  # a nested dataclass
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if not key.startswith("--") or key in valid or any(v.startswith(key + ".") for v in valid):
+            continue
+        close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.8)
+        if close:
+            print(f"bpnp: unknown option {key}: did you mean {close[0]}?", file=sys.stderr)
 
 
 def root_outputs(trainer) -> None:
