@@ -124,3 +124,23 @@ def test_evaluate_accepts_the_shipped_network(tmp_path):
         [*data, "--ckpt", "pretrained:synthetic", "--out", str(tmp_path), "--progress", "false"]
     )
     assert rows[0].method == "bpnp" and rows[0].summary["num_problems"] == 2
+
+
+STATUE = ROOT.parent / "shared" / "data" / "colmap" / "statue_of_liberty"
+
+
+@pytest.mark.skipif(not STATUE.is_dir(), reason="needs ../shared/data")
+def test_predict_a_registered_image_of_a_colmap_model(tmp_path):
+    image = "14522296402_8ba47a6b27_o.jpg"
+    written = predict_main(["--colmap", str(STATUE), "--image_name", image, "--out", str(tmp_path / "r.json"),
+                            "--viz", str(tmp_path / "vis")])  # fmt: skip
+    result = json.loads((tmp_path / "r.json").read_text())
+    # the model's own pose of the image is the reference, and the error against it is reported
+    ref = torch.tensor(result["reference"]["R"], dtype=torch.float64)
+    est = torch.tensor(result["R"], dtype=torch.float64)
+    assert result["reference"]["rotation_error_deg"] == pytest.approx(
+        rotation_error_deg(est[None], ref[None]).item()
+    )
+    assert any(p.name.endswith("_matches_2d.png") for p in written)
+    with pytest.raises(SystemExit):
+        predict_main(["--colmap", str(STATUE), "--image_name", "nope.jpg", "--out", str(tmp_path / "x.json")])

@@ -27,7 +27,7 @@ def test_the_tutorial_runs_as_written():
     out = ROOT / "outputs" / "tutorial"
     shutil.rmtree(out, ignore_errors=True)
     cmds = commands()
-    assert len(cmds) == 7 and all(c.startswith("bpnp ") for c in cmds)
+    assert len(cmds) == 8 and all(c.startswith("bpnp ") for c in cmds)
     for cmd in cmds:
         if "../shared/data" in cmd and not SHARED_DATA.is_dir():
             continue  # the shared COLMAP model is not there

@@ -13,7 +13,9 @@ import sys
 
 
 def _dispatch(command: str, argv: list[str]) -> None:
-    if command == "predict" and any(a.split("=")[0] in ("--points2d", "--problems") for a in argv[1:]):
+    if command == "predict" and any(
+        a.split("=")[0] in ("--points2d", "--problems", "--colmap") for a in argv[1:]
+    ):
         from bpnp.cli.predict import predict_main
 
         predict_main(argv[1:])

@@ -3,6 +3,7 @@ pose, the 2D-3D matches and their scores, as JSON.
 
     bpnp predict --points2d kp.txt --points3d cloud.ply --K K.txt --out result.json
     bpnp predict --problems DIR --out RESULTS_DIR     # every DIR/<name>/ with points2d.*, points3d.*, K.*
+    bpnp predict --colmap MODEL --image_name NAME --out result.json --viz DIR
 
 ``--ckpt`` takes a checkpoint path or ``pretrained:NAME`` (default ``pretrained:synthetic``). User
 mistakes (a missing file, a malformed array, a bad option) print one line and exit with status 2;
@@ -11,6 +12,7 @@ mistakes (a missing file, a malformed array, a bad option) print one line and ex
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import time
@@ -25,6 +27,7 @@ from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
 from bpnp.data.files import POINT_SUFFIXES, intrinsics_matrix, read_intrinsics, read_points
+from bpnp.geometry import rotation_error_deg
 from bpnp.models import BlindPnPNet
 from bpnp.models.pretrained import pretrained_name
 
@@ -135,6 +138,13 @@ def parser() -> ArgumentParser:
     for name in ("fx", "fy", "cx", "cy"):
         p.add_argument(f"--{name}", type=float | None, default=None, help="intrinsics, instead of --K")
     p.add_argument("--problems", type=str | None, default=None, help="folder of problem folders (batch mode)")
+    p.add_argument(
+        "--colmap", type=str | None, default=None, help="a COLMAP model folder (with --image_name)"
+    )
+    p.add_argument("--image_name", type=str | None, default=None, help="the registered image to localise")
+    p.add_argument(
+        "--viz", type=str | None, default=None, help="COLMAP input: write the 2D and 3D pictures here"
+    )
     p.add_argument("--image", type=str | None, default=None, help="the photo, to draw the matches on")
     p.add_argument("--out", type=str, default="prediction.json", help="result JSON (batch mode: a folder)")
     p.add_argument("--inlier_px", type=float, default=4.0, help="reprojection threshold of an inlier match")
@@ -152,10 +162,59 @@ def _intrinsics(cfg) -> np.ndarray:
     raise ValueError("intrinsics: pass --K FILE or all of --fx --fy --cx --cy")
 
 
+def colmap_problem(model: str | Path, image_name: str):
+    """The problem of a registered image of a COLMAP model: its keypoints (undistorted pixels), the
+    points of its co-visible images and its own (the COLMAP source's query protocol), K, and the
+    model's pose of the image as a reference.
+
+    Raises:
+        ValueError: naming the image when the model does not hold it (or it has too few points).
+    """
+    from bpnp.data.colmap import ColmapDataset
+
+    ds = ColmapDataset(model, split="all", split_by="image")
+    names = [ds.names[i] for i in ds.items]
+    if image_name not in names:
+        close = difflib.get_close_matches(image_name, names, n=3)
+        raise ValueError(
+            f"COLMAP model {model}: no usable registered image {image_name!r}"
+            + (f" (closest: {close})" if close else f" ({len(names)} images, e.g. {names[:3]})")
+        )
+    return ds[names.index(image_name)]
+
+
+def _predict_colmap(net, cfg) -> list[Path]:
+    sample = colmap_problem(cfg.colmap, cfg.image_name)
+    uv, X, K = (v.double().numpy() for v in (sample.points2d, sample.points3d, sample.K))
+    result = predict_problem(net, uv, X, K, cfg.inlier_px)
+    R_ref = sample.R.double()
+    R_est = torch.tensor(result["R"], dtype=torch.float64)
+    result["reference"] = {
+        "R": sample.R.tolist(), "t": sample.t.tolist(),
+        "rotation_error_deg": float(rotation_error_deg(R_est[None], R_ref[None])[0]),
+    }  # fmt: skip
+    written = [_write(Path(cfg.out), result)]
+    if cfg.viz is not None:
+        from bpnp.data import collate
+        from bpnp.metrics import MethodOutput
+        from bpnp.viz import save_problem_images
+
+        batch = collate([sample])
+        pairs = torch.tensor([[m["point2d"], m["point3d"]] for m in result["matches"]], dtype=torch.long)
+        out = MethodOutput(R=R_est[None].float(), t=torch.tensor(result["t"])[None].float(),
+                           valid=torch.tensor([True]), pairs=pairs[None])  # fmt: skip
+        written += save_problem_images(batch, out, 0, cfg.viz, Path(cfg.image_name).stem)
+    return written
+
+
 def run(cfg) -> list[Path]:
     """Predict one problem or a folder of them; returns the result files written."""
     net = load_network(cfg.ckpt, cfg.device)
     out = Path(cfg.out)
+    if cfg.colmap is not None:
+        if cfg.image_name is None:
+            raise ValueError("--colmap needs --image_name (the registered image to localise)")
+        return _predict_colmap(net, cfg)
     if cfg.problems is not None:
         root = Path(cfg.problems)
         if not root.is_dir():
@@ -171,7 +230,9 @@ def run(cfg) -> list[Path]:
             written.append(_write(out / f"{d.name}.json", predict_problem(net, uv, X, K, cfg.inlier_px)))
         return written
     if cfg.points2d is None or cfg.points3d is None:
-        raise ValueError("pass --points2d and --points3d (or --problems DIR)")
+        raise ValueError(
+            "pass --points2d and --points3d (or --problems DIR, or --colmap MODEL --image_name NAME)"
+        )
     uv = read_points(cfg.points2d, 2, "points2d")
     X = read_points(cfg.points3d, 3, "points3d")
     K = _intrinsics(cfg)
