@@ -302,3 +302,30 @@ def test_non_finite_3d_point_is_dropped_and_its_images_kept(tmp_path, caplog):
         for i in range(len(ds)):
             s = ds.build(i)
             assert torch.isfinite(s.points3d).all() and reprojection_errors(s).median() < 2.0
+
+
+@pytest.mark.skipif(not STATUE.is_dir(), reason="needs ../shared/data")
+def test_retrieval_protocol_keeps_only_what_the_retrieved_images_see():
+    rec = pycolmap.Reconstruction(str(STATUE))
+    covisible = ColmapDataset(STATUE, split_by="image", num_covisible=3)
+    retrieval = ColmapDataset(STATUE, split_by="image", num_covisible=3, query_protocol="retrieval")
+    names = {im.name: im for im in rec.images.values()}
+    for ds in (covisible, retrieval):
+        for index in range(0, len(ds), 7):
+            sample = ds[index]
+            i = ds.items[index]
+            query = names[ds.names[i]]
+            # the points the retrieved images observe, straight from pycolmap
+            retrieved = {
+                p.point3D_id for j in ds.covisible(i) for p in names[ds.names[j]].points2D if p.has_point3D()
+            }
+            own = {p.point3D_id for p in query.points2D if p.has_point3D()}
+            expected = retrieved if ds is retrieval else retrieved | own
+            assert len(sample.points3d) == len(expected)
+            # inliers: the query's triangulated keypoints whose point is in the set
+            assert sample.num_inliers == sum(
+                p.has_point3D() and p.point3D_id in expected for p in query.points2D
+            )
+    assert retrieval.rejected.get("fewer than 4 inliers among the retrieved images' points", 0) >= 0
+    with pytest.raises(ValueError, match="query_protocol"):
+        ColmapDataset(STATUE, split_by="image", query_protocol="magic")

@@ -272,6 +272,9 @@ def split_models(
     return [d for d in models if scene[d] in chosen]
 
 
+QUERY_PROTOCOLS = ("covisible", "retrieval")
+
+
 def colmap_dataset(
     root: str | Path,
     split: str = "all",
@@ -321,7 +324,13 @@ class ColmapDataset(CorrespondenceDataset):
         split_by: ``"scene"`` (default) refuses a train / val / test split of one model (its images
             would share the scene across splits; split a folder of models with
             :func:`colmap_dataset`); ``"image"`` partitions the model's images.
-        num_covisible: co-visible images whose points join the query's own in the 3D set.
+        num_covisible: co-visible images whose points form the 3D set (with the query's own).
+        query_protocol: ``"covisible"`` (default): the 3D set is the query's own points plus those of
+            its ``num_covisible`` most co-visible images, so every keypoint with a 3D point has its
+            partner; ``"retrieval"`` (GoMatch's): only the points of the ``num_covisible`` retrieved
+            images (most co-visible first, a stand-in for image retrieval), so keypoints whose point
+            none of them sees become outliers too, and queries left with fewer than 4 inliers are
+            excluded (counted in ``rejected``).
         image_dir: folder of the photos, to fill ``image_path`` (else the image name is given).
         scene: scene name of the samples (None: the model folder's name).
         m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl` (None keeps the
@@ -335,6 +344,7 @@ class ColmapDataset(CorrespondenceDataset):
         split: str = "all",
         split_by: str = "scene",
         num_covisible: int = 5,
+        query_protocol: str = "covisible",
         image_dir: str | None = None,
         scene: str | None = None,
         val_fraction: float = 0.1,
@@ -347,6 +357,8 @@ class ColmapDataset(CorrespondenceDataset):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         _check_split_by(split_by)
+        if query_protocol not in QUERY_PROTOCOLS:
+            raise ValueError(f"query_protocol {query_protocol!r}: expected one of {QUERY_PROTOCOLS}")
         if split_by == "scene" and split != "all":
             raise ValueError(
                 f"split {split!r} by scene of the single COLMAP model {model_dir}: a scene split needs"
@@ -357,10 +369,17 @@ class ColmapDataset(CorrespondenceDataset):
         self.scene = scene or self.model_dir.name
         self.image_dir = image_dir
         self.num_covisible = num_covisible
+        self.query_protocol = query_protocol
         self._load(read_model(self.model_dir))
         # Images with too few triangulated keypoints cannot form a problem: excluded and counted.
         ok = [i for i in range(len(self.names)) if (self.kp_point[i] >= 0).sum() >= MIN_INLIERS]
         self.rejected = {f"fewer than {MIN_INLIERS} inliers": len(self.names) - len(ok)}
+        if query_protocol == "retrieval":
+            kept = [i for i in ok if (self._match(i)[1] >= 0).sum() >= MIN_INLIERS]
+            self.rejected[f"fewer than {MIN_INLIERS} inliers among the retrieved images' points"] = len(
+                ok
+            ) - len(kept)
+            ok = kept
         chosen = split_items(len(ok), split, seed, val_fraction, test_fraction)
         self.items = [ok[i] for i in chosen]
 
@@ -412,15 +431,24 @@ class ColmapDataset(CorrespondenceDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _match(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The 3D set of query ``i`` (rows of ``xyz``) and each keypoint's partner in it (or -1)."""
+        own = self.kp_point[i]
+        seen = [self.kp_point[j][self.kp_point[j] >= 0] for j in self.covisible(i)]
+        if self.query_protocol == "covisible":
+            seen.append(own[own >= 0])
+        in_set = np.zeros(len(self.xyz), dtype=bool)
+        if seen:
+            in_set[np.concatenate(seen)] = True
+        ids = np.flatnonzero(in_set)
+        match = np.full(len(own), -1, dtype=np.int64)
+        partner = (own >= 0) & in_set[np.maximum(own, 0)]
+        match[partner] = np.searchsorted(ids, own[partner])
+        return ids, match
+
     def _problem(self, index: int, rng: np.random.Generator) -> Problem:
         i = self.items[index]
-        own = self.kp_point[i]
-        seen = [own[own >= 0]] + [self.kp_point[j][self.kp_point[j] >= 0] for j in self.covisible(i)]
-        in_set = np.zeros(len(self.xyz), dtype=bool)
-        in_set[np.concatenate(seen)] = True
-        ids = np.flatnonzero(in_set)  # rows of self.xyz forming the 3D set
-        match = np.full(len(own), -1, dtype=np.int64)
-        match[own >= 0] = np.searchsorted(ids, own[own >= 0])
+        ids, match = self._match(i)  # ids: rows of self.xyz forming the 3D set
         w, h = self.size[i]
         corr = Correspondences(self.kp_uv[i], self.xyz[ids], match, image_bounds(w, h))
         name = self.names[i]
