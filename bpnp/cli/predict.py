@@ -200,7 +200,9 @@ def _predict_colmap(net, cfg) -> list[Path]:
         from bpnp.viz import save_problem_images
 
         batch = collate([sample])
-        pairs = torch.tensor([[m["point2d"], m["point3d"]] for m in result["matches"]], dtype=torch.long)
+        pairs = torch.tensor(
+            [[m["point2d"], m["point3d"]] for m in result["matches"]], dtype=torch.long
+        ).reshape(-1, 2)
         out = MethodOutput(R=R_est[None].float(), t=torch.tensor(result["t"])[None].float(),
                            valid=torch.tensor([True]), pairs=pairs[None])  # fmt: skip
         written += save_problem_images(batch, out, 0, cfg.viz, Path(cfg.image_name).stem)
