@@ -166,10 +166,12 @@ def sinkhorn(
         r, c = r * both, c * both
         M = shift_rows(M, r, c)  # exact for the plan; keeps gamma * M free of a large offset
         P, info = _solve(M, r, c, gamma, max_iter, tol, backward)
-        if M.dtype == torch.float32 and not bool((info.log_error <= MAX_LOG_ERROR).all()):
+        resolved = bool((info.log_error <= MAX_LOG_ERROR).all())  # one host sync (NaN counts as not)
+        if M.dtype == torch.float32 and not resolved:
             # The float32 potentials no longer resolve the costs; float64 still does.
             P, info = _solve(M.double(), r.double(), c.double(), gamma, max_iter, tol, backward)
-        if not bool((info.log_error <= MAX_LOG_ERROR).all()):
+            resolved = bool((info.log_error <= MAX_LOG_ERROR).all())
+        if not resolved:
             b = int((~(info.log_error <= MAX_LOG_ERROR)).nonzero()[0])
             span = float(gamma * scaled_span(M[b : b + 1].detach(), r[b : b + 1], c[b : b + 1])[0])
             raise ValueError(

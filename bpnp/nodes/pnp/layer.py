@@ -393,8 +393,8 @@ def weighted_pnp(
             f"{weights.dtype}"
         )
     x2d, x3d, weights = x2d.to(dtype), x3d.to(dtype), weights.to(dtype)
-    if pose_init is not None:
-        _check_pose_init(pose_init, x2d.shape[0], dtype, x2d.device)
+    if pose_init is not None:  # checked first: an empty problem returns before it is used
+        pose_init = _check_pose_init(pose_init, x2d.shape[0], dtype, x2d.device)
     if weights.numel() == 0:  # no sample, or no pair in any: nothing to solve
         return _empty_result(weights, x2d.shape[0])
     x2d, x3d, weights = _apply_masks(dense, x2d, x3d, weights, row_mask, col_mask)
@@ -418,7 +418,7 @@ def weighted_pnp(
             dense, x2d, x3d, weights, init, topk, ransac_threshold, ransac_iterations, generator
         )
     else:
-        R0, t0 = _check_pose_init(pose_init, x2d.shape[0], dtype, x2d.device)
+        R0, t0 = pose_init
         t0 = ((R0 @ c[..., None]).squeeze(-1) + t0) / s[:, None]
     init_ok = torch.isfinite(R0).all((-1, -2)) & torch.isfinite(t0).all(-1)
     R0 = torch.where(init_ok[:, None, None], R0, torch.eye(3, dtype=dtype, device=R0.device).expand_as(R0))
