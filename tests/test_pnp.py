@@ -423,6 +423,40 @@ def test_planar_scenes_get_the_right_pose_with_the_opencv_initialisation():
     assert rotation_error_deg(res.R, R).max() < 1e-6
 
 
+@pytest.mark.parametrize("objective", ["angular", "reprojection"])
+def test_a_wrong_minimum_is_flagged_against_the_noise_level(objective):
+    # IPPE's second pose of a plane is the mirrored local minimum, an independent way to land on it.
+    g = torch.Generator().manual_seed(60)
+    X = torch.rand(12, 30, 3, generator=g, dtype=F64) * 2 - 1
+    X[..., 2] = 0
+    x, R, t = _scene_with(X, 61)
+    sigma = 1e-3
+    x = x + sigma / math.sqrt(2) * torch.randn(x.shape, generator=g, dtype=F64)
+    Rm, tm = [], []
+    for b in range(12):
+        _, rvecs, tvecs, _ = cv2.solvePnPGeneric(
+            X[b].numpy(), x[b].numpy(), np.eye(3), None, flags=cv2.SOLVEPNP_IPPE
+        )
+        r = matrix_to_axis_angle(torch.from_numpy(cv2.Rodrigues(rvecs[0])[0])[None])[0]
+        best = 1 if rotation_error_deg(axis_angle_to_matrix(r[None]), R[b : b + 1]).item() < 1 else 0
+        Rm.append(torch.from_numpy(cv2.Rodrigues(rvecs[best])[0]))
+        tm.append(torch.from_numpy(tvecs[best].ravel()))
+    mirror = (torch.stack(Rm), torch.stack(tm))
+    w = torch.ones(12, 30, dtype=F64)
+    far = rotation_error_deg(weighted_pnp(x, X, w, pose_init=mirror, objective=objective).R, R) > 5
+    assert far.sum() >= 6  # the mirrored minimum holds the solver in these samples
+    plain = weighted_pnp(x, X, w, pose_init=mirror, objective=objective)
+    assert plain.valid[far].all()  # a stationary point: valid without a noise level
+    res = weighted_pnp(x, X, w, pose_init=mirror, objective=objective, noise_level=sigma)
+    assert not res.valid[far].any()
+    assert res.valid[~far].all()
+    # at the true pose the same noise never trips the test
+    right = weighted_pnp(x, X, w, pose_init=(R, t), objective=objective, noise_level=sigma)
+    assert right.valid.all() and rotation_error_deg(right.R, R).max() < 1.0
+    with pytest.raises(ValueError, match="noise_level"):
+        weighted_pnp(x, X, w, noise_level=-1.0)
+
+
 def test_three_distinct_points_repeated_are_flagged():
     g = torch.Generator().manual_seed(46)
     X = (torch.rand(10, 3, 3, generator=g, dtype=F64) * 2 - 1).repeat(1, 4, 1)

@@ -9,6 +9,7 @@ incoming gradient in those coordinates, ``u = H^-1 v`` and, for every input ``x`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,12 @@ class _Config:
     scale_sq: float
     max_iter: int
     tol: float | None
+    noise_level: float | None = None
+
+
+# A refined pose whose mean pair error exceeds (NOISE_FACTOR * noise_level)^2 is flagged: about a 3-sigma
+# test on the RMS residual of an inlier.
+NOISE_FACTOR = 3.0
 
 
 def _zero_samples(x: Tensor, keep: Tensor) -> Tensor:
@@ -148,6 +155,13 @@ class PnPNode(DeclarativeNode):
         reasons["not converged"] = active & ok & ~sol.converged
         refined = active & ok & ~reasons["points behind the camera"] & ~reasons["singular Hessian"]
         valid = refined & ~reasons["not converged"]
+        if cfg.noise_level is not None:
+            # Angular pair error 1 - cos(theta) ~ theta^2 / 2; reprojection error |r|^2.
+            scale = 0.5 if cfg.objective == "angular" else 1.0
+            bound = scale * (NOISE_FACTOR * cfg.noise_level) ** 2
+            mean_error = sol.value / total.clamp_min(torch.finfo(total.dtype).tiny)
+            reasons["objective far above the noise level"] = valid & (mean_error > bound)
+            valid = valid & ~reasons["objective far above the noise level"]
         warn_once(reasons)
 
         eye = torch.eye(3, dtype=R0.dtype, device=R0.device).expand_as(R0)
@@ -332,6 +346,7 @@ def weighted_pnp(
     row_mask: Tensor | None = None,
     col_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise_level: float | None = None,
 ) -> PnPResult:
     """Weighted PnP as a differentiable layer: the pose minimising a weighted 2D-3D objective.
 
@@ -376,6 +391,12 @@ def weighted_pnp(
         row_mask: (B, m) bool, False for padded 2D points (paired: padded pairs).
         col_mask: (B, n) bool, False for padded 3D points (paired: padded pairs).
         generator: random generator for the torch RANSAC, on the inputs' device.
+        noise_level: expected RMS residual of a true pair (normalised image units; radians for
+            "angular"), or None. Given, a converged sample whose weighted mean pair error is above
+            that of a ``3 * noise_level`` residual is flagged invalid ("objective far above the noise
+            level"): a wrong local minimum, such as a planar scene's mirror pose. Meaningful when the
+            weights sit on true pairs (a trained plan's top pairs, known matches), since the mean
+            counts every weighted pair.
     Returns:
         :class:`PnPResult`.
     """
@@ -384,6 +405,10 @@ def weighted_pnp(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if robust is not None and robust not in ROBUST_KERNELS:
         raise ValueError(f"robust must be None or one of {ROBUST_KERNELS}, got {robust!r}")
+    if noise_level is not None and not (math.isfinite(noise_level) and noise_level > 0):
+        raise ValueError(
+            f"weighted_pnp: 'noise_level' must be a positive finite number or None, got {noise_level!r}"
+        )
     if dense and robust is not None and sparse_topk is None:
         raise ValueError("robust kernels need the paired form: pass sparse_topk for a dense plan")
     dtype = torch.promote_types(torch.promote_types(x2d.dtype, x3d.dtype), weights.dtype)
@@ -424,7 +449,7 @@ def weighted_pnp(
     R0 = torch.where(init_ok[:, None, None], R0, torch.eye(3, dtype=dtype, device=R0.device).expand_as(R0))
     t0 = torch.where(init_ok[:, None], t0, torch.zeros_like(t0))
 
-    cfg = _Config(dense, objective, robust, robust_scale**2, max_iter, tol)
+    cfg = _Config(dense, objective, robust, robust_scale**2, max_iter, tol, noise_level)
     R, t, value, valid, refined, iterations, converged = declarative(
         PnPNode(cfg), x2d, x3d, weights, R0, t0, init_ok
     )
