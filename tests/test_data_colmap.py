@@ -331,3 +331,65 @@ def test_retrieval_protocol_keeps_only_what_the_retrieved_images_see():
     assert len(retrieval) + dropped == len(covisible)
     with pytest.raises(ValueError, match="query_protocol"):
         ColmapDataset(STATUE, split_by="image", query_protocol="magic")
+
+
+@needs_statue
+def test_reference_view_is_the_most_covisible_image():
+    rec = pycolmap.Reconstruction(str(STATUE))
+    ds = ColmapDataset(STATUE, split_by="image", num_covisible=1, query_protocol="retrieval")
+    images = list(rec.images.values())
+    seen = {im.name: {p.point3D_id for p in im.points2D if p.has_point3D()} for im in images}
+    for index in range(0, len(ds), 5):
+        sample = ds[index]
+        name = ds.names[ds.items[index]]
+        # the database image sharing most points, counted straight from pycolmap (ties: any of them)
+        shared = {o: len(seen[name] & seen[o]) for o in seen if o != name}
+        best = max(shared.values())
+        refs = [im for im in images if im.name != name and shared[im.name] == best]
+        poses = [im.cam_from_world() if callable(im.cam_from_world) else im.cam_from_world for im in refs]
+        assert any(
+            np.allclose(sample.R_ref.numpy(), p.rotation.matrix(), atol=1e-5)
+            and np.allclose(sample.t_ref.numpy(), p.translation, atol=1e-4)
+            for p in poses
+        )
+
+
+def test_scene_lists_choose_the_splits(tmp_path):
+    root = tmp_path / "scenes"
+    for name in ("a", "b", "c", "d"):
+        write_text_model(root / name / "sparse", "SIMPLE_PINHOLE", [500, 320, 240])
+    lists = {"train": ["a", "d"], "val": ["b"], "test": ["c"]}
+    for split, names in lists.items():
+        ds = build_dataset("colmap", split, root, scenes=lists)
+        assert sorted({scene_of(ds[i]) for i in range(len(ds))}) == names
+    with pytest.raises(ValueError, match=r"no scene 'bb'.*did you mean 'b'"):
+        build_dataset("colmap", "train", root, scenes={"train": ["a"], "val": ["bb"]})
+    with pytest.raises(ValueError, match=r"'a' is in both 'train' and 'test'"):
+        build_dataset("colmap", "train", root, scenes={"train": ["a"], "test": ["a"]})
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['tset'\]"):
+        build_dataset("colmap", "train", root, scenes={"train": ["a"], "tset": ["c"]})
+    with pytest.raises(ValueError, match="no scene for split 'val'"):
+        build_dataset("colmap", "val", root, scenes={"train": ["a"]})
+    with pytest.raises(ValueError, match="split_by='scene'"):
+        build_dataset("colmap", "train", root, scenes=lists, split_by="image")
+
+
+@needs_scenes
+def test_shipped_real_scene_config_keeps_scenes_apart():
+    import yaml
+
+    from bpnp.data.colmap import find_models
+
+    cfg = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "bpnp/configs/colmap_scenes.yaml").read_text()
+    )
+    lists = cfg["data"]["options"]["scenes"]
+    assert [len(lists[s]) for s in ("train", "val", "test")] == [14, 3, 3]
+    every = [n for s in lists.values() for n in s]
+    assert sorted(every) == sorted({d.relative_to(SCENES).parts[0] for d in find_models(SCENES)})
+    test = build_dataset("colmap", "test", SCENES, scenes=lists, query_protocol="retrieval", num_covisible=1)
+    train = build_dataset(
+        "colmap", "train", SCENES, scenes=lists, query_protocol="retrieval", num_covisible=1
+    )
+    assert {d.scene for d in test.datasets} == set(lists["test"])
+    assert not {d.scene for d in train.datasets} & set(lists["test"] + lists["val"])

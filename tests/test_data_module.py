@@ -88,6 +88,11 @@ def test_cache_round_trip_and_data_module_reads_it(tmp_path):
     dm = BlindPnPDataModule(cache_dir=str(tmp_path), batch_size=7, num_workers=0)
     batch = next(iter(dm.train_dataloader()))
     assert sorted(batch.id) == sorted(src[i].id for i in range(7))
+    assert cached[0].R_ref is None
+    ref = SyntheticDataset(num_samples=3, num_points=50, reference_view_deg=10.0)
+    write_cache(ref, tmp_path / "ref", progress=False)
+    assert torch.equal(CachedDataset(tmp_path / "ref")[2].R_ref, ref[2].R_ref)
+    assert torch.equal(CachedDataset(tmp_path / "ref")[2].t_ref, ref[2].t_ref)
     (tmp_path / "train" / "shard_00001.npz").write_bytes(b"broken")
     with pytest.raises(ValueError, match="shard_00001.npz"):
         CachedDataset(tmp_path / "train")[4]

@@ -119,3 +119,21 @@ def test_bad_arguments_are_named():
         SyntheticDataset(visibility="zbuffer")
     with pytest.raises(ValueError, match="split"):
         SyntheticDataset(split="training")
+
+
+def test_reference_view_is_a_nearby_camera_and_leaves_the_problem_unchanged():
+    from bpnp.geometry import rotation_error_deg
+
+    plain = SyntheticDataset(num_samples=20, num_points=50, seed=4)
+    ref = SyntheticDataset(num_samples=20, num_points=50, seed=4, reference_view_deg=25.0)
+    angles = []
+    for i in range(20):
+        a, b = plain[i], ref[i]
+        assert a.R_ref is None and torch.equal(a.points2d, b.points2d) and torch.equal(a.points3d, b.points3d)
+        angles.append(rotation_error_deg(b.R_ref[None], b.R[None]).item())
+        # the object's centre stays where the query camera sees it: same distance, same t
+        torch.testing.assert_close(b.t_ref, b.t)
+        torch.testing.assert_close(b.R_ref @ b.R_ref.T, torch.eye(3), atol=1e-5, rtol=0)
+    assert max(angles) <= 25.0 + 1e-3 and max(angles) > 10.0
+    with pytest.raises(ValueError, match="reference_view_deg"):
+        SyntheticDataset(num_samples=2, reference_view_deg=200.0)

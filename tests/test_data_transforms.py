@@ -137,6 +137,14 @@ def test_collate_pads_and_masks():
     assert b.id == ["0", "1"] and b.image_size == [(4, 3), (4, 3)]
     moved = b.to("cpu")
     assert isinstance(moved, Batch) and moved.points3d.data_ptr() == b.points3d.data_ptr()
+    assert b.ref_view is None  # no sample has a reference view
+    samples[0].R_ref, samples[0].t_ref = torch.eye(3), torch.ones(3)
+    assert collate(samples).ref_view is None  # one without: none for the batch
+    samples[1].R_ref, samples[1].t_ref = -torch.eye(3), torch.zeros(3)
+    R_ref, t_ref = collate(samples).ref_view
+    assert torch.equal(R_ref, torch.stack([torch.eye(3), -torch.eye(3)])) and torch.equal(
+        t_ref[0], torch.ones(3)
+    )
 
 
 def test_split_items_partition():

@@ -29,6 +29,7 @@ class Problem:
     Attributes:
         corr: the 2D / 3D sets and their pairing.
         K: (3, 3); R: (3, 3); t: (3,).
+        R_ref, t_ref: the pose of a reference view of the 3D set, or None (see :class:`Sample`).
     """
 
     corr: Correspondences
@@ -39,6 +40,8 @@ class Problem:
     id: str = ""
     image_path: str | None = None
     image_size: tuple[int, int] | None = None
+    R_ref: np.ndarray | None = None
+    t_ref: np.ndarray | None = None
 
 
 class CorrespondenceDataset(Dataset[Sample]):
@@ -93,7 +96,7 @@ class CorrespondenceDataset(Dataset[Sample]):
                 return sample_from_numpy(
                     corr.points2d, p.K, corr.points3d, p.R, p.t, corr.match,
                     scene=p.scene, id=p.id, image_path=p.image_path, image_size=p.image_size,
-                    dtype=self.dtype,
+                    R_ref=p.R_ref, t_ref=p.t_ref, dtype=self.dtype,
                 )  # fmt: skip
             except ValueError as e:
                 raise RejectedSample("non-finite or inconsistent values", str(e)) from e

@@ -68,6 +68,9 @@ class CacheWriter:
             "id": np.array([s.id for s in ss], dtype=np.str_),
             "image_path": np.array([s.image_path or "" for s in ss], dtype=np.str_),
         }
+        if all(s.R_ref is not None for s in ss):  # reference views travel when every sample has one
+            arrays["R_ref"] = torch.stack([s.R_ref for s in ss]).numpy()
+            arrays["t_ref"] = torch.stack([s.t_ref for s in ss]).numpy()
         (np.savez_compressed if self.compress else np.savez)(self.out_dir / name, **arrays)
         self.shards.append({"file": name, "count": len(ss)})
         self.count += len(ss)
@@ -144,6 +147,8 @@ class CachedDataset(Dataset[Sample]):
             id=str(d["id"][j]),
             image_path=str(d["image_path"][j]) or None,
             image_size=size if size[0] >= 0 else None,  # type: ignore[arg-type]
+            R_ref=as_t(d["R_ref"][j]) if "R_ref" in d else None,
+            t_ref=as_t(d["t_ref"][j]) if "t_ref" in d else None,
         )
 
 

@@ -8,9 +8,10 @@ protocol). Keypoints are undistorted with OpenCV into the pixels of the camera's
 
 from __future__ import annotations
 
+import difflib
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -247,22 +248,63 @@ def _check_split_by(split_by: str) -> None:
         raise ValueError(f"split_by {split_by!r}: expected one of {SPLIT_BY}")
 
 
+def listed_scenes(
+    scenes: Mapping[str, Sequence[str]], split: str, available: Sequence[str], root: Path
+) -> list[str]:
+    """The scenes of ``split`` from explicit lists ``{"train": [...], "val": [...], "test": [...]}``
+    (``"all"``: every listed one), checked against the scenes under ``root``.
+
+    Raises:
+        ValueError: for an unknown split key, a scene listed in two splits, or a scene not under root.
+    """
+    unknown = set(scenes) - {"train", "val", "test"}
+    if unknown:
+        raise ValueError(
+            f"data option 'scenes': unknown split(s) {sorted(unknown)}; expected train, val, test"
+        )
+    seen: dict[str, str] = {}
+    for part, names in scenes.items():
+        for name in names:
+            if name in seen:
+                raise ValueError(
+                    f"data option 'scenes': scene {name!r} is in both {seen[name]!r} and {part!r}"
+                )
+            if name not in available:
+                close = difflib.get_close_matches(name, available, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"data option 'scenes': no scene {name!r} under COLMAP root {root}{hint}")
+            seen[name] = part
+    if split == "all":
+        return sorted(seen)
+    return sorted(scenes.get(split, []))
+
+
 def split_models(
-    root: str | Path, split: str, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1
+    root: str | Path,
+    split: str,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    scenes: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Path]:
     """Model folders under ``root`` of one split by scene, sorted.
 
     A scene is a first-level folder of ``root`` (``<scene>/sparse/manhattan/<k>`` of MegaDepth: every
-    model of a scene goes to the same split); the sorted scenes are partitioned with ``seed`` as in
+    model of a scene goes to the same split); the scenes are those listed for the split in ``scenes``
+    when given, else the sorted scenes partitioned with ``seed`` as in
     :func:`~bpnp.data.splits.split_groups`.
 
     Raises:
         FileNotFoundError: naming ``root`` when it holds no model.
-        ValueError: when ``root`` holds too few scenes for the split (one model included).
+        ValueError: when ``root`` holds too few scenes for the split (one model included), or for a
+            bad scene list (see :func:`listed_scenes`).
     """
     root = Path(root)
     models = find_models(root)
     scene = {d: d.relative_to(root).parts[0] if d != root else root.name for d in models}
+    if scenes is not None:
+        chosen = set(listed_scenes(scenes, split, sorted(set(scene.values())), root))
+        return [d for d in models if scene[d] in chosen]
     chosen = set(
         split_groups(
             list(scene.values()), split, seed, val_fraction, test_fraction,
@@ -282,6 +324,7 @@ def colmap_dataset(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    scenes: Mapping[str, Sequence[str]] | None = None,
     **options,
 ) -> Dataset[Sample]:
     """The problems of one split of every model under ``root`` (one :class:`ColmapDataset` per model,
@@ -292,16 +335,22 @@ def colmap_dataset(
         split: ``"all"``, ``"train"``, ``"val"`` or ``"test"``.
         split_by: ``"scene"``: whole scenes per split (:func:`split_models`, needs several scenes);
             ``"image"``: the images of every model partitioned, scenes shared between splits.
+        scenes: explicit scene lists per split, ``{"train": [...], "val": [...], "test": [...]}``
+            (first-level folder names of ``root``; ``split_by="scene"`` only), instead of a seeded draw.
         options: further keyword arguments of :class:`ColmapDataset`.
 
     Raises:
-        ValueError: for ``split_by="scene"`` with too few scenes, naming ``root``.
+        ValueError: for ``split_by="scene"`` with too few scenes, naming ``root``; for a bad scene list.
     """
     _check_split_by(split_by)
+    if scenes is not None and split_by != "scene":
+        raise ValueError("data option 'scenes' lists whole scenes per split: it needs split_by='scene'")
     root = Path(root)
     fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
     if split_by == "scene":
-        models, split_by_model = split_models(root, split, seed, **fractions), "all"
+        models, split_by_model = split_models(root, split, seed, **fractions, scenes=scenes), "all"
+        if not models:
+            raise ValueError(f"data option 'scenes' lists no scene for split {split!r}")
     else:
         models, split_by_model = find_models(root), split
     parts = [
@@ -453,4 +502,7 @@ class ColmapDataset(CorrespondenceDataset):
         corr = Correspondences(self.kp_uv[i], self.xyz[ids], match, image_bounds(w, h))
         name = self.names[i]
         path = str(Path(self.image_dir) / name) if self.image_dir else name
-        return Problem(corr, self.K[i], self.R[i], self.t[i], self.scene, name, path, (w, h))
+        # The reference view: the most co-visible database image (GoMatch's top-1 retrieval).
+        covis = self.covisible(i)
+        ref = (self.R[covis[0]], self.t[covis[0]]) if len(covis) else (None, None)
+        return Problem(corr, self.K[i], self.R[i], self.t[i], self.scene, name, path, (w, h), *ref)

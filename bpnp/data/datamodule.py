@@ -56,18 +56,19 @@ def build_dataset(
     if source in classes:
         _check_options(classes[source], options, source)
         return classes[source](root, split=split, seed=seed, **options)
-    _check_options(ColmapDataset, options, source)
+    _check_options(ColmapDataset, options, source, extra=("scenes",))
     return colmap_dataset(root, split=split, seed=seed, **options)
 
 
-def _check_options(cls: type, options: dict[str, Any], source: str) -> None:
-    """Name an option the source's dataset class does not take, and the closest one it does."""
+def _check_options(cls: type, options: dict[str, Any], source: str, extra: tuple[str, ...] = ()) -> None:
+    """Name an option the source's dataset class does not take (nor ``extra``), and the closest one."""
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    valid = sorted(k for k in params if k not in ("self", "root", "split", "seed", "model_dir", "scene"))
+    own = ("self", "root", "split", "seed", "model_dir", "scene")
+    valid = sorted([k for k in params if k not in own] + list(extra))
     for key in options:
-        if key not in params:
+        if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(

@@ -23,6 +23,9 @@ class Sample:
         id: unique identifier of the problem within its source.
         image_path: the image the 2D points were taken from, when the source has one.
         image_size: (width, height) in pixels, when known.
+        R_ref: (3, 3) and ``t_ref`` (3,): the pose of a reference view of the 3D set (the retrieved
+            database image of a map, whose pose is known), when the source has one; the network's
+            bearing input expresses the 3D points in its camera frame.
     """
 
     points2d: Tensor
@@ -35,6 +38,8 @@ class Sample:
     id: str = ""
     image_path: str | None = None
     image_size: tuple[int, int] | None = None
+    R_ref: Tensor | None = None
+    t_ref: Tensor | None = None
 
     @property
     def num_inliers(self) -> int:
@@ -51,6 +56,7 @@ class Batch:
         K, R: (B, 3, 3); ``t`` (B, 3).
         match: (B, M) int64, -1 for outliers and padding.
         scene, id, image_path, image_size: per-sample lists.
+        R_ref: (B, 3, 3) and ``t_ref`` (B, 3): reference views, when every sample has one (else None).
     """
 
     points2d: Tensor
@@ -65,9 +71,16 @@ class Batch:
     id: list[str] = field(default_factory=list)
     image_path: list[str | None] = field(default_factory=list)
     image_size: list[tuple[int, int] | None] = field(default_factory=list)
+    R_ref: Tensor | None = None
+    t_ref: Tensor | None = None
 
     def __len__(self) -> int:
         return self.points2d.shape[0]
+
+    @property
+    def ref_view(self) -> tuple[Tensor, Tensor] | None:
+        """``(R_ref, t_ref)`` when the samples have reference views, else None."""
+        return None if self.R_ref is None or self.t_ref is None else (self.R_ref, self.t_ref)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Copy of the batch with every tensor on ``device``."""
@@ -106,6 +119,7 @@ def collate(samples: list[Sample]) -> Batch:
         p2[b, :m], p3[b, :n] = s.points2d, s.points3d
         m2[b, :m], m3[b, :n] = True, True
         match[b, :m] = s.match
+    has_ref = all(s.R_ref is not None and s.t_ref is not None for s in samples)
     return Batch(
         points2d=p2,
         mask2d=m2,
@@ -119,6 +133,8 @@ def collate(samples: list[Sample]) -> Batch:
         id=[s.id for s in samples],
         image_path=[s.image_path for s in samples],
         image_size=[s.image_size for s in samples],
+        R_ref=torch.stack([s.R_ref.to(dtype) for s in samples]) if has_ref else None,
+        t_ref=torch.stack([s.t_ref.to(dtype) for s in samples]) if has_ref else None,
     )
 
 
@@ -133,12 +149,15 @@ def sample_from_numpy(
     id: str = "",
     image_path: str | None = None,
     image_size: tuple[int, int] | None = None,
+    R_ref: np.ndarray | None = None,
+    t_ref: np.ndarray | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Sample:
     """Build a :class:`Sample` from numpy arrays, checking shapes, index range and finiteness.
 
     Args:
-        points2d: (m, 2); K: (3, 3); points3d: (n, 3); R: (3, 3); t: (3,); match: (m,) ints.
+        points2d: (m, 2); K: (3, 3); points3d: (n, 3); R: (3, 3); t: (3,); match: (m,) ints;
+        R_ref: (3, 3) and t_ref: (3,), or None (both or neither).
     Raises:
         ValueError: naming the sample when a shape is wrong, an index is out of range or a value is
             not finite (so NaN never reaches a model).
@@ -152,7 +171,13 @@ def sample_from_numpy(
         raise ValueError(f"{where}: match has {match.shape[0]} entries for {points2d.shape[0]} 2D points")
     if match.size and (match.max() >= points3d.shape[0] or match.min() < -1):
         raise ValueError(f"{where}: match indices outside [-1, {points3d.shape[0]})")
-    for name, a in (("points2d", points2d), ("points3d", points3d), ("K", K), ("R", R), ("t", t)):
+    if (R_ref is None) != (t_ref is None):
+        raise ValueError(f"{where}: R_ref and t_ref come together (got only one)")
+    ref = ()
+    if R_ref is not None:
+        R_ref, t_ref = np.asarray(R_ref).reshape(3, 3), np.asarray(t_ref).reshape(3)
+        ref = (("R_ref", R_ref), ("t_ref", t_ref))
+    for name, a in (("points2d", points2d), ("points3d", points3d), ("K", K), ("R", R), ("t", t), *ref):
         if not np.isfinite(a).all():
             raise ValueError(f"{where}: {name} has non-finite values")
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dtype)  # noqa: E731
@@ -167,4 +192,6 @@ def sample_from_numpy(
         id=id,
         image_path=image_path,
         image_size=None if image_size is None else (int(image_size[0]), int(image_size[1])),
+        R_ref=None if R_ref is None else as_t(R_ref),
+        t_ref=None if t_ref is None else as_t(t_ref),
     )

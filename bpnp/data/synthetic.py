@@ -121,6 +121,9 @@ class ObjectProtocol:
         max_rotation_deg: 180 draws the camera rotation uniformly on SO(3); below that, a uniform
             random axis and an angle uniform in [0, max_rotation_deg] away from the identity (a
             limited range of viewpoints, an easier problem that a network learns much sooner).
+        reference_view_deg: None, or give each problem a reference view (``R_ref``, ``t_ref``): a
+            second camera at the same distance whose viewpoint on the object differs from the
+            query's by a random rotation of up to this angle (a nearby database image of a map).
     """
 
     num_points: int = 1000
@@ -131,6 +134,7 @@ class ObjectProtocol:
     scale_range: tuple[float, float] = (0.5, 1.5)
     distance_range: tuple[float, float] = (1.0, 2.5)
     max_rotation_deg: float = 180.0
+    reference_view_deg: float | None = None
 
     def __post_init__(self) -> None:
         if self.visibility not in VISIBILITY:
@@ -139,6 +143,10 @@ class ObjectProtocol:
             raise ValueError(f"num_points={self.num_points}: need at least 4")
         if not 0.0 <= self.max_rotation_deg <= 180.0:
             raise ValueError(f"max_rotation_deg={self.max_rotation_deg}: expected a value in [0, 180]")
+        if self.reference_view_deg is not None and not 0.0 <= self.reference_view_deg <= 180.0:
+            raise ValueError(
+                f"reference_view_deg={self.reference_view_deg}: expected None or a value in [0, 180]"
+            )
         if self.distance_range[0] < 1.0:
             raise ValueError(f"distance_range {self.distance_range}: below 1 the object leaves the image")
 
@@ -182,7 +190,14 @@ class ObjectProtocol:
         if self.noise_px > 0:
             uv = uv + rng.normal(scale=self.noise_px, size=uv.shape)
         corr = Correspondences(uv, X, idx, image_bounds(*self.image_size))
-        return Problem(corr, K, R, t, image_size=self.image_size)
+        ref = (None, None)
+        if self.reference_view_deg is not None:
+            # From a spawned stream: the item's own draws (here and in point control) do not change.
+            child = rng.spawn(1)[0]
+            axis = child.normal(size=3)
+            angle = np.deg2rad(self.reference_view_deg) * child.random()
+            ref = (R @ Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix(), t)
+        return Problem(corr, K, R, t, image_size=self.image_size, R_ref=ref[0], t_ref=ref[1])
 
 
 class SyntheticDataset(CorrespondenceDataset):
@@ -196,7 +211,7 @@ class SyntheticDataset(CorrespondenceDataset):
             single primitives are symmetric, so their pose is ambiguous without correspondences;
             the default uses compositions only.
         num_points, visibility, noise_px, image_size, focal, scale_range, distance_range,
-            max_rotation_deg: see :class:`ObjectProtocol`.
+            max_rotation_deg, reference_view_deg: see :class:`ObjectProtocol`.
         m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl`.
         seed: base seed.
     """
@@ -216,6 +231,7 @@ class SyntheticDataset(CorrespondenceDataset):
         scale_range: tuple[float, float] = (0.5, 1.5),
         distance_range: tuple[float, float] = (1.0, 2.5),
         max_rotation_deg: float = 180.0,
+        reference_view_deg: float | None = None,
         m_max: int | None = None,
         n_max: int | None = None,
         outlier_rate_2d: float | None = None,
@@ -243,6 +259,7 @@ class SyntheticDataset(CorrespondenceDataset):
             tuple(scale_range),
             tuple(distance_range),
             max_rotation_deg,
+            reference_view_deg,
         )
 
     def __len__(self) -> int:
