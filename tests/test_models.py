@@ -136,3 +136,102 @@ def test_compiled_encoders_match_eager():
     compiled.load_state_dict(eager.state_dict())
     x, mask = torch.randn(2, 10, 3), torch.ones(2, 10, dtype=torch.bool)
     torch.testing.assert_close(compiled.encoder2d(x, mask), eager.encoder2d(x, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_bearing_input_is_the_reference_camera_bearing_and_frame_free():
+    from bpnp.geometry import axis_angle_to_matrix
+    from bpnp.models.network import reference_bearings
+
+    # hand-computed: the point (1, 0, 1) seen from the identity camera at t = (0, 0, 1) is at (1, 0, 2)
+    X = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]])
+    ref = (torch.eye(3)[None], torch.tensor([[0.0, 0.0, 1.0]]))
+    b = reference_bearings(X, torch.tensor([[True, False]]), ref)
+    torch.testing.assert_close(
+        b, torch.tensor([[[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]]]) / torch.tensor([5.0**0.5, 1.0])[:, None]
+    )
+    with pytest.raises(ValueError, match="reference view"):
+        reference_bearings(X, torch.ones(1, 2, dtype=torch.bool), None)
+    with pytest.raises(ValueError, match="view_search"):
+        NetConfig(input3d="bearings", view_search=True)
+    with pytest.raises(ValueError, match="input3d"):
+        NetConfig(input3d="coords")
+
+    # The cost depends on the points in the reference camera only: moving the world frame (points,
+    # query pose and reference pose together, by a rigid motion and a scale) changes nothing.
+    torch.manual_seed(0)
+    net = BlindPnPNet(NetConfig(blocks=1, channels=16, feature_dim=16, knn=4, input3d="bearings"))
+    samples = [
+        SyntheticDataset(num_samples=2, num_points=20, seed=1, reference_view_deg=20.0)[i] for i in range(2)
+    ]
+    b = collate(samples)
+    M = net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)[0]
+    Q = axis_angle_to_matrix(torch.tensor([[0.3, -1.2, 0.5]])).expand(2, 3, 3)
+    c, s = torch.tensor([2.0, -1.0, 5.0]), 3.0
+    X2 = s * b.points3d @ Q.transpose(1, 2) + c  # X' = s Q X + c, so X = Q^T (X' - c) / s
+    R2 = b.R_ref @ Q.transpose(1, 2)
+    t2 = s * b.t_ref - (R2 @ c[:, None]).squeeze(-1)  # R2 X' + t2 = s (R_ref X + t_ref)
+    M2 = net.match_cost(b.points2d, X2, b.K, b.mask2d, b.mask3d, ref=(R2, t2))[0]
+    torch.testing.assert_close(M2, M, atol=1e-4, rtol=1e-4)
+    # the world-coordinate input, by contrast, sees the rotation
+    world = BlindPnPNet(NetConfig(blocks=1, channels=16, feature_dim=16, knn=4))
+    Mw = world.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)[0]
+    assert (world.match_cost(b.points2d, X2, b.K, b.mask2d, b.mask3d)[0] - Mw).abs().max() > 1e-3
+    out = net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)
+    assert torch.isfinite(out.R).all()
+    pred = net.predict(b.points2d[0], b.points3d[0], b.K[0], ref=(b.R_ref[0], b.t_ref[0]))
+    assert pred["R"].shape == (3, 3)
+
+
+def test_bearing_prior_adds_the_scaled_angle_to_the_cost():
+    torch.manual_seed(0)
+    cfg = dict(blocks=1, channels=16, feature_dim=16, knn=4, input3d="bearings", cost_clip=100.0)
+    with_prior = BlindPnPNet(NetConfig(**cfg, bearing_prior=10.0))
+    plain = BlindPnPNet(NetConfig(**cfg))
+    plain.load_state_dict(with_prior.state_dict(), strict=False)
+    b = collate([SyntheticDataset(num_samples=1, num_points=20, seed=2, reference_view_deg=10.0)[0]])
+    M1 = with_prior.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)[0]
+    M0 = plain.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)[0]
+    # independent: the angle between the query bearing and the reference-view bearing, in float64
+    from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
+
+    q = normalized_to_bearings(pixels_to_normalized(b.points2d.double(), b.K.double()))
+    X = b.points3d.double() @ b.R_ref.double().transpose(1, 2) + b.t_ref.double()[:, None]
+    r = X / X.norm(dim=-1, keepdim=True)
+    angle = torch.acos((q @ r.transpose(1, 2)).clamp(-1, 1))
+    # float32 resolves the angle from its cosine to about 1e-4 rad near 0
+    torch.testing.assert_close((M1 - M0).double(), 10.0 * angle, atol=1e-3, rtol=1e-4)
+    (M1.sum()).backward()
+    assert with_prior.log_prior_scale.grad is not None and with_prior.log_prior_scale.grad > 0
+    with pytest.raises(ValueError, match="bearing_prior"):
+        NetConfig(bearing_prior=10.0)
+
+
+def test_reference_initialisation_picks_the_pose_with_more_inliers():
+    torch.manual_seed(0)
+    net = BlindPnPNet(
+        NetConfig(blocks=1, channels=16, feature_dim=16, reference_init=True, ransac_iterations=200)
+    )
+    s = SyntheticDataset(num_samples=1, num_points=60, seed=3, noise_px=0.5)[0]
+    b = collate([s])
+    from bpnp.geometry import pixels_to_normalized
+    from bpnp.geometry.view_search import perturb_rotation
+
+    x2d = pixels_to_normalized(b.points2d, b.K)
+    truth = match_matrix(b.match, b.points3d.shape[1]).float()  # the true pairs: RANSAC finds the pose
+    far = (
+        perturb_rotation(b.R, 1.0, torch.Generator().manual_seed(0))
+        @ b.R.new_tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+        b.t,
+    )  # 90 degrees off: no inlier
+    R, t = net._reference_or_ransac(truth, x2d, b.points3d, b.mask2d, b.mask3d, far)
+    assert rotation_error_deg(R, b.R).item() < 1.0
+    # 10 true pairs among 60: too few for RANSAC, enough for the reference pose (here the truth)
+    few = truth.clone()
+    rows = torch.nonzero(b.match[0] >= 0).squeeze(1)[10:]
+    few[0, rows] = torch.roll(truth[0, rows], 7, dims=1)
+    R, t = net._reference_or_ransac(few, x2d, b.points3d, b.mask2d, b.mask3d, (b.R, b.t))
+    assert torch.equal(R, b.R) and torch.equal(t, b.t)
+    with pytest.raises(ValueError, match="pose-stage settings"):
+        net.set_pose_stage(blocks=3)
+    net.set_pose_stage(reference_init=False)
+    assert not net.config.reference_init

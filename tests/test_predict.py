@@ -144,3 +144,25 @@ def test_predict_a_registered_image_of_a_colmap_model(tmp_path):
     assert any(p.name.endswith("_matches_2d.png") for p in written)
     with pytest.raises(SystemExit):
         predict_main(["--colmap", str(STATUE), "--image_name", "nope.jpg", "--out", str(tmp_path / "x.json")])
+
+
+def test_training_can_start_from_shipped_or_saved_weights(tmp_path):
+    from bpnp.models import NetConfig
+    from bpnp.models.pretrained import pretrained_state
+    from bpnp.training.module import BlindPnPModule
+
+    state = pretrained_state("synthetic")
+    module = BlindPnPModule(net=NetConfig(**state["config"]), init_from="pretrained:synthetic")
+    for k, v in module.net.state_dict().items():
+        assert torch.equal(v, state["state_dict"][k]), k
+    # a training checkpoint's net.* entries, as Lightning writes them
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v * 2 for k, v in state["state_dict"].items()}}, ckpt)
+    again = BlindPnPModule(net=NetConfig(**state["config"]), init_from=str(ckpt))
+    w = next(iter(state["state_dict"]))
+    assert torch.equal(again.net.state_dict()[w], state["state_dict"][w] * 2)
+    assert "init_from" not in again.hparams  # a reload must not need the file
+    with pytest.raises(ValueError, match=r"init_from pretrained:synthetic: its network does not fit"):
+        BlindPnPModule(net=NetConfig(blocks=2), init_from="pretrained:synthetic")
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
+        BlindPnPModule(init_from=str(tmp_path / "nothing.ckpt"))

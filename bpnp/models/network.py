@@ -1,7 +1,7 @@
 """The blind-PnP network (BPnPNet's pipeline):
 
     pixels --K^-1--> bearings --encoder2d--> f (B, m, D)
-    3D points (centred, scaled) --encoder3d--> g (B, n, D)
+    3D points (centred, scaled; or bearings in a reference view) --encoder3d--> g (B, n, D)
     [optional view canonicalisation: both sets expressed in one coarse camera frame first]
     [optional cross-attention between the sets]
     M = ||f_i - g_j||  (B, m, n)  --Sinkhorn (+ dustbin)-->  P
@@ -12,6 +12,8 @@ Every stage can be switched off for ablations (``use_pnp=False`` returns the RAN
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,7 @@ from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
-from bpnp.nodes.pnp.ransac import top_pairs
+from bpnp.nodes.pnp.ransac import score_poses, top_pairs
 from bpnp.nodes.sinkhorn_solver import SolverInfo
 
 
@@ -74,6 +76,22 @@ def normalise_cloud(points: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tenso
     return (points - centre[:, None]) / scale[:, None, None] * w, centre, scale
 
 
+def reference_bearings(points: Tensor, mask: Tensor, ref: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Unit bearings (B, n, 3) of world points (B, n, 3) in the camera frames of reference views
+    ``(R (B, 3, 3), t (B, 3))`` (zero at padding and for a point at a camera centre)."""
+    if ref is None:
+        raise ValueError(
+            "net.input3d='bearings' needs a reference view per sample (R_ref, t_ref): the colmap source "
+            "gives its most co-visible database image, the synthetic one reference_view_deg"
+        )
+    R, t = ref
+    dtype = torch.promote_types(points.dtype, torch.float32)
+    with torch.autocast(points.device.type, enabled=False):
+        X = points.to(dtype) @ R.to(dtype).transpose(1, 2) + t.to(dtype)[:, None]
+        b = nn.functional.normalize(X, dim=-1) * mask[..., None].to(dtype)
+    return b.to(points.dtype)
+
+
 def topk_matches(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` largest entries of each plan.
 
@@ -84,6 +102,9 @@ def topk_matches(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """
     # Every row's candidates kept (per_row = n): exact for any matrix, not only transport plans.
     return top_pairs(P, k, per_row=P.shape[2])
+
+
+INPUTS_3D = ("world", "bearings")
 
 
 @dataclass
@@ -114,6 +135,18 @@ class NetConfig:
             (or by a rotation prior passed to ``forward``), so the encoders see roughly aligned sets
             under any camera rotation and only learn the residual.
         view_search_points: points per set in the search's refinement (its accuracy grows with it).
+        input3d: what encoder3d sees of the 3D set: ``"world"`` (the points centred and scaled) or
+            ``"bearings"`` (GoMatch's: each point's unit bearing in the camera frame of a reference
+            view whose pose is known, such as the retrieved database image; the samples must carry
+            ``R_ref``, ``t_ref``). The pose stage always uses the world points.
+        bearing_prior: None, or add ``s * angle(b_i, r_j)`` (radians) to the cost, with ``r_j`` the 3D
+            point's bearing in the reference view and ``s`` learnable from this initial value: a
+            nearby reference view makes true partners' bearings close, so the features need only
+            tell apart neighbours (needs ``input3d="bearings"``).
+        reference_init: with reference views, the PnP layer starts from the reference pose instead
+            of RANSAC's unless RANSAC's has more inliers among the top pairs beyond its 4-point
+            minimal sample (a map's retrieved image is often closer than a pose from few correct
+            matches).
     """
 
     feature_dim: int = 128
@@ -142,10 +175,31 @@ class NetConfig:
     compile_encoders: bool = False
     view_search: bool = False
     view_search_points: int = 256
+    input3d: str = "world"
+    reference_init: bool = False
+    bearing_prior: float | None = None
 
     def __post_init__(self) -> None:
+        if self.bearing_prior is not None and (self.input3d != "bearings" or not self.bearing_prior > 0):
+            raise ValueError("net.bearing_prior needs net.input3d='bearings' and a positive initial scale")
+        if self.input3d not in INPUTS_3D:
+            raise ValueError(f"net.input3d must be one of {INPUTS_3D}, got {self.input3d!r}")
+        if self.input3d == "bearings" and self.view_search:
+            raise ValueError(
+                "net.input3d='bearings' already puts the 3D set in a camera frame: set net.view_search false"
+            )
         if self.pnp_robust is not None and self.pnp_sparse_topk is None:
             raise ValueError("net.pnp_robust needs net.pnp_sparse_topk (robust kernels work on top pairs)")
+
+
+# Points of a P3P RANSAC hypothesis (3 plus the one that picks among its solutions).
+MINIMAL_SAMPLE = 4
+
+# Settings read by the pose stage only: a trained network can be evaluated with other values.
+POSE_STAGE_SETTINGS = (
+    "use_pnp", "pnp_objective", "pnp_sparse_topk", "pnp_max_iter", "pnp_robust", "pnp_robust_scale",
+    "ransac_init", "ransac_threshold", "ransac_iterations", "topk_factor", "reference_init",
+)  # fmt: skip
 
 
 class BlindPnPNet(nn.Module):
@@ -164,8 +218,22 @@ class BlindPnPNet(nn.Module):
             CrossAttention(c.feature_dim, layers=c.attention_layers) if c.attention_layers > 0 else None
         )
         self.log_temperature = nn.Parameter(torch.zeros(())) if c.learn_temperature else None
+        self.log_prior_scale = (
+            nn.Parameter(torch.tensor(math.log(c.bearing_prior))) if c.bearing_prior is not None else None
+        )
         dustbin_init = c.dustbin_init if c.dustbin else None
         self.sinkhorn = Sinkhorn(c.gamma, c.sinkhorn_iters, c.sinkhorn_tol, c.sinkhorn_backward, dustbin_init)
+
+    def set_pose_stage(self, **settings: Any) -> None:
+        """Change pose-stage settings (:data:`POSE_STAGE_SETTINGS`) of a built network.
+
+        Raises:
+            ValueError: for a setting outside the pose stage (it would need other weights).
+        """
+        bad = sorted(set(settings) - set(POSE_STAGE_SETTINGS))
+        if bad:
+            raise ValueError(f"pose-stage settings {bad}: expected some of {list(POSE_STAGE_SETTINGS)}")
+        self.config = dataclasses.replace(self.config, **settings)
 
     def topk(self, m: int) -> int:
         return max(4, min(1000, int(self.config.topk_factor * m)))
@@ -177,13 +245,18 @@ class BlindPnPNet(nn.Module):
         mask2d: Tensor,
         mask3d: Tensor,
         view: Tensor | None = None,
+        ref: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Unit features (B, m, D) and (B, n, D) of bearings (B, m, 3) and world points (B, n, 3).
 
         Args:
             view: (B, 3, 3) world-to-camera rotation prior for ``view_search`` (None: searched).
+            ref: ``(R_ref (B, 3, 3), t_ref (B, 3))``, the reference views of ``input3d="bearings"``.
         """
-        p3, _, _ = normalise_cloud(points3d, mask3d)
+        if self.config.input3d == "bearings":
+            p3 = reference_bearings(points3d, mask3d, ref)
+        else:
+            p3, _, _ = normalise_cloud(points3d, mask3d)
         if self.config.view_search:
             bearings, p3 = self._canonical_inputs(bearings, points3d, p3, mask2d, mask3d, view)
         f, g = self.encoder2d(bearings, mask2d), self.encoder3d(p3, mask3d)
@@ -219,8 +292,9 @@ class BlindPnPNet(nn.Module):
             x2 = torch.cat([x, torch.ones_like(x[..., :1])], -1) * mask2d[..., None].to(x.dtype)
             return x2.to(bearings.dtype), p3 @ R_view.transpose(1, 2).to(p3.dtype)
 
-    def cost(self, f: Tensor, g: Tensor) -> Tensor:
-        """Pairwise feature distances (B, m, n) in [0, 2], optionally scaled, clipped at ``cost_clip``."""
+    def cost(self, f: Tensor, g: Tensor, prior: Tensor | None = None) -> Tensor:
+        """Pairwise feature distances (B, m, n) in [0, 2], optionally scaled, plus the bearing prior
+        ``prior`` (B, m, n) (angles, radians) when configured, clipped at ``cost_clip``."""
         # ||f - g||^2 = 2 - 2 f.g for unit features, in float32 at least also under autocast (bf16
         # rounds f.g of near matches to 1); the eps keeps sqrt's gradient finite at 0.
         dtype = torch.promote_types(f.dtype, torch.float32)
@@ -229,6 +303,8 @@ class BlindPnPNet(nn.Module):
             M = (d2 + 1e-6).sqrt()
             if self.log_temperature is not None:
                 M = M * self.log_temperature.exp()
+            if prior is not None and self.log_prior_scale is not None:
+                M = M + self.log_prior_scale.exp() * prior.to(dtype)
             return M.clamp(max=self.config.cost_clip)
 
     def match_cost(
@@ -239,14 +315,23 @@ class BlindPnPNet(nn.Module):
         mask2d: Tensor,
         mask3d: Tensor,
         view: Tensor | None = None,
+        ref: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """The cost matrix (B, m, n) and the normalised image coordinates (B, m, 2) it was made from."""
         # Geometry in float32 at least, also under autocast (bf16 misplaces pixels by ~1 px).
         dtype = torch.promote_types(points2d.dtype, torch.float32)
         with torch.autocast(points2d.device.type, enabled=False):
             x2d = pixels_to_normalized(points2d.to(dtype), K.to(dtype)) * mask2d[..., None].to(dtype)
-        f, g = self.features(normalized_to_bearings(x2d), points3d, mask2d, mask3d, view)
-        return self.cost(f, g), x2d
+        bearings = normalized_to_bearings(x2d)
+        f, g = self.features(bearings, points3d, mask2d, mask3d, view, ref)
+        prior = None
+        if self.log_prior_scale is not None:
+            with torch.autocast(points2d.device.type, enabled=False):
+                r = reference_bearings(points3d.to(dtype), mask3d, ref)
+                # The angle from the chord |b - r| = 2 sin(angle / 2), by one bmm (data: no gradient).
+                chord = (2.0 - 2.0 * bearings.to(dtype) @ r.transpose(1, 2)).clamp(0.0, 4.0).sqrt()
+                prior = 2.0 * torch.asin(0.5 * chord)
+        return self.cost(f, g, prior), x2d
 
     def forward(
         self,
@@ -258,6 +343,7 @@ class BlindPnPNet(nn.Module):
         with_pose: bool = True,
         view: Tensor | None = None,
         refine: bool = True,
+        ref: tuple[Tensor, Tensor] | None = None,
     ) -> NetworkOutput:
         """One batch of problems.
 
@@ -267,23 +353,52 @@ class BlindPnPNet(nn.Module):
             with_pose: run the pose stage (RANSAC and PnP layer).
             view: (B, 3, 3) rotation prior for ``view_search`` (training passes a perturbed truth).
             refine: run the PnP layer after RANSAC (False: the RANSAC pose; see :meth:`refine_pose`).
+            ref: ``(R_ref (B, 3, 3), t_ref (B, 3))`` reference views, for ``input3d="bearings"``.
         """
         B, m, _ = points2d.shape
         n = points3d.shape[1]
         mask2d = torch.ones(B, m, dtype=torch.bool, device=points2d.device) if mask2d is None else mask2d
         mask3d = torch.ones(B, n, dtype=torch.bool, device=points2d.device) if mask3d is None else mask3d
-        M, x2d = self.match_cost(points2d, points3d, K, mask2d, mask3d, view)
+        M, x2d = self.match_cost(points2d, points3d, K, mask2d, mask3d, view, ref)
         P_full, info = self.sinkhorn(M, mask2d, mask3d, return_info=True)
         P = P_full[:, :m, :n] if self.sinkhorn.dustbin is not None else P_full
         out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d, sinkhorn_info=info)
         if with_pose:
-            self._pose(out, x2d, points3d, mask2d, mask3d, refine=refine)
+            self._pose(out, x2d, points3d, mask2d, mask3d, refine=refine, ref=ref)
         return out
 
     def refine_pose(self, out: NetworkOutput, points3d: Tensor, mask2d: Tensor, mask3d: Tensor) -> None:
         """Run the PnP layer from the RANSAC pose of a forward pass made with ``refine=False`` (for
         timing the two stages apart); the result is that of a forward pass with ``refine=True``."""
         self._pose(out, out.x2d, points3d, mask2d, mask3d, pose_init=(out.R_init, out.t_init))
+
+    def _reference_or_ransac(
+        self,
+        P: Tensor,
+        x2d: Tensor,
+        points3d: Tensor,
+        mask2d: Tensor,
+        mask3d: Tensor,
+        ref: tuple[Tensor, Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """Per sample, RANSAC's pose or the reference pose, whichever has more inliers among the
+        top pairs of ``P`` (B, m, n), not counting RANSAC's minimal sample (ties: the reference)."""
+        c = self.config
+        ransac = weighted_pnp(
+            x2d, points3d, P, max_iter=0, init=c.ransac_init, topk=self.topk(x2d.shape[1]),
+            ransac_threshold=c.ransac_threshold, ransac_iterations=c.ransac_iterations,
+            row_mask=mask2d, col_mask=mask3d,
+        )  # fmt: skip
+        rows, cols, w = top_pairs(P.detach(), self.topk(x2d.shape[1]))
+        x = x2d.gather(1, rows[..., None].expand(-1, -1, 2))
+        X = points3d.gather(1, cols[..., None].expand(-1, -1, 3))
+        R_ref, t_ref = ref[0].to(P.dtype), ref[1].to(P.dtype)
+        R = torch.stack([ransac.R_init, R_ref], 1)
+        t = torch.stack([ransac.t_init, t_ref], 1)
+        score = score_poses(R, t, x, X, (w > 0).to(P.dtype), c.ransac_threshold)
+        # RANSAC's own minimal sample is an inlier set by construction: only its further inliers count.
+        pick = (score[:, 1] > score[:, 0] - MINIMAL_SAMPLE)[:, None]
+        return torch.where(pick[..., None], R_ref, ransac.R_init), torch.where(pick, t_ref, ransac.t_init)
 
     def _pose(
         self,
@@ -294,11 +409,17 @@ class BlindPnPNet(nn.Module):
         mask3d: Tensor,
         refine: bool = True,
         pose_init: tuple[Tensor, Tensor] | None = None,
+        ref: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         c = self.config
         # The geometric layers run in float32 at least, also under autocast.
         dtype = torch.promote_types(out.P.dtype, torch.float32)
         with torch.autocast(x2d.device.type, enabled=False):
+            if pose_init is None and c.reference_init and ref is not None:
+                P = out.P.detach().to(dtype)
+                pose_init = self._reference_or_ransac(
+                    P, x2d.to(dtype), points3d.to(dtype), mask2d, mask3d, ref
+                )
             res = weighted_pnp(
                 x2d.to(dtype),
                 points3d.to(dtype),
@@ -335,8 +456,11 @@ class BlindPnPNet(nn.Module):
         mask2d: Tensor | None = None,
         mask3d: Tensor | None = None,
         topk: int | None = None,
+        ref: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Inference on one problem ((m, 2), (n, 3), (3, 3)) or a batch ((B, m, 2), ...).
+
+        ``ref``: the reference view ``(R_ref, t_ref)`` ((3, 3), (3,) or batched) for ``input3d="bearings"``.
 
         Returns:
             dict with ``R``, ``t``, ``P``, ``matches`` (.., k, 2) (2D index, 3D index), ``scores`` (.., k)
@@ -347,10 +471,11 @@ class BlindPnPNet(nn.Module):
             points2d, points3d, K = points2d[None], points3d[None], K[None]
             mask2d = None if mask2d is None else mask2d[None]
             mask3d = None if mask3d is None else mask3d[None]
+            ref = None if ref is None else (ref[0][None], ref[1][None])
         was_training = self.training
         self.eval()
         try:
-            out = self(points2d, points3d, K, mask2d, mask3d)
+            out = self(points2d, points3d, K, mask2d, mask3d, ref=ref)
         finally:
             self.train(was_training)
         rows, cols, scores = topk_matches(out.P, topk or self.topk(points2d.shape[1]))

@@ -48,3 +48,27 @@ def load_pretrained(name: str, device: str | torch.device = "cpu") -> BlindPnPNe
 def pretrained_name(ref: str) -> str | None:
     """``"pretrained:synthetic"`` -> ``"synthetic"``; None for anything else (a path)."""
     return ref[len(PREFIX) :] if str(ref).startswith(PREFIX) else None
+
+
+def network_weights(ref: str) -> dict[str, torch.Tensor]:
+    """The network state dict of ``pretrained:NAME`` or of a training checkpoint file (its ``net.``
+    entries), to start a training run from (fine-tuning).
+
+    Raises:
+        FileNotFoundError: naming a checkpoint path that does not exist.
+        ValueError: for an unknown shipped name, or a file without network weights.
+    """
+    name = pretrained_name(ref)
+    if name is not None:
+        return pretrained_state(name)["state_dict"]
+    from pathlib import Path
+
+    if not Path(ref).is_file():
+        raise FileNotFoundError(
+            f"init_from: checkpoint {ref} not found (expected a .ckpt file or pretrained:NAME)"
+        )
+    state = torch.load(ref, map_location="cpu", weights_only=False)
+    weights = {k[len("net.") :]: v for k, v in state.get("state_dict", {}).items() if k.startswith("net.")}
+    if not weights:
+        raise ValueError(f"init_from: {ref} holds no network weights (no 'net.*' entries in its state_dict)")
+    return weights

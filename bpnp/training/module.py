@@ -13,6 +13,7 @@ from bpnp.data.sample import Batch
 from bpnp.geometry.view_search import perturb_rotation
 from bpnp.metrics import MethodOutput, PoseMetrics
 from bpnp.models import BlindPnPNet, NetConfig, NetworkOutput, topk_matches
+from bpnp.models.pretrained import network_weights
 from bpnp.training.losses import (
     correspondence_loss,
     dustbin_nll,
@@ -65,6 +66,8 @@ class BlindPnPModule(pl.LightningModule):
         view_prior_deg: with ``net.view_search``, training replaces the search by the true rotation
             perturbed by up to this angle (the search's typical error), which costs nothing;
             validation and test run the search.
+        init_from: start from the network weights of ``pretrained:NAME`` or of a training checkpoint
+            (fine-tuning); the architecture in ``net`` must match theirs.
     """
 
     def __init__(
@@ -80,14 +83,24 @@ class BlindPnPModule(pl.LightningModule):
         max_nonfinite_steps: int = 20,
         val_pose: bool = True,
         view_prior_deg: float = 30.0,
+        init_from: str | None = None,
     ):
         super().__init__()
         if pose_loss_unit not in ("epoch", "step"):
             raise ValueError(f"pose_loss_unit must be 'epoch' or 'step', got {pose_loss_unit!r}")
         if lr_schedule not in (None, "cosine", "step"):
             raise ValueError(f"lr_schedule must be None, 'cosine' or 'step', got {lr_schedule!r}")
-        self.save_hyperparameters()
+        # init_from only seeds the weights, which the checkpoint holds: a reload must not need the file.
+        self.save_hyperparameters(ignore=["init_from"])
         self.net = BlindPnPNet(net)
+        if init_from is not None:
+            try:
+                self.net.load_state_dict(network_weights(init_from))
+            except RuntimeError as e:  # shapes or names differ: say which file and why, in one line
+                first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+                raise ValueError(
+                    f"init_from {init_from}: its network does not fit model.net ({first})"
+                ) from e
         self.val_metrics = PoseMetrics()
         self.test_metrics = PoseMetrics()
         self.eval_means = nn.ModuleDict(
@@ -106,8 +119,9 @@ class BlindPnPModule(pl.LightningModule):
             view = perturb_rotation(batch.R, self.hparams.view_prior_deg, gen)
         b = batch
         return self.net(
-            b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, with_pose=with_pose, view=view, refine=refine
-        )
+            b.points2d, b.points3d, b.K, b.mask2d, b.mask3d,
+            with_pose=with_pose, view=view, refine=refine, ref=b.ref_view,
+        )  # fmt: skip
 
     def current_pose_weight(self) -> float:
         h = self.hparams

@@ -172,6 +172,16 @@ def _inlier_scores(P: Tensor, x: Tensor, X: Tensor, w: Tensor, threshold: float)
     return (inlier * w[..., None]).sum(1), inlier
 
 
+def score_poses(R: Tensor, t: Tensor, x: Tensor, X: Tensor, w: Tensor, threshold: float) -> Tensor:
+    """Weighted inlier score (B, H) of candidate poses, in the units of the RANSAC scores.
+
+    Args:
+        R: (B, H, 3, 3), t: (B, H, 3) world-to-camera poses; x: (B, k, 2) normalised image points,
+        X: (B, k, 3) their world partners, w: (B, k) pair weights; threshold: normalised units.
+    """
+    return _inlier_scores(torch.cat([R, t[..., None]], dim=-1), x, X, w, threshold)[0]
+
+
 def torch_ransac(
     x: Tensor,
     X: Tensor,
