@@ -180,3 +180,21 @@ def test_oracle_on_the_real_colmap_sample():
     # Rotation 5 deg, camera centre within 5 % of the scene extent.
     assert s["recall"]["5deg_5pct"] > 0.95
     assert s["failures"] == 0
+
+
+def test_map_baselines_use_the_reference_view():
+    from bpnp.evaluation.baselines import BearingHungarian, RetrievedPoseBaseline
+
+    # the reference view at the query's own camera: nearest bearings are the true pairs
+    ds = SyntheticDataset(num_samples=3, num_points=40, seed=5, reference_view_deg=0.0, outlier_rate_3d=0.3)
+    batch = collate([ds[i] for i in range(3)])
+    out = BearingHungarian()(batch)
+    assert out.valid.all() and rotation_error_deg(out.R, batch.R).max() < 1e-2
+    pairs = out.pairs[0][out.pairs[0, :, 0] >= 0]
+    assert (batch.match[0, pairs[:, 0]] == pairs[:, 1]).all()  # every kept pair is a true one
+    got = RetrievedPoseBaseline()(batch)
+    assert torch.equal(got.R, batch.R_ref) and torch.equal(got.t, batch.t_ref)
+    plain = collate([SyntheticDataset(num_samples=1, num_points=40)[0]])
+    for method in (RetrievedPoseBaseline(), BearingHungarian()):
+        with pytest.raises(ValueError, match="reference view"):
+            method(plain)

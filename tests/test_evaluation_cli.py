@@ -93,8 +93,11 @@ def test_parse_rates():
     assert parse_rates("0,0.25,0.5,0.75") == [0.0, 0.25, 0.5, 0.75]
     assert parse_rates("[0, 0.5]") == [0.0, 0.5]
     assert parse_rates(None) == [None]
+    assert parse_rates("natural,0.75,0.5,0.25,0") == [None, 0.75, 0.5, 0.25, 0.0]
     with pytest.raises(ValueError, match="1.0"):
         parse_rates("0,1.0")
+    with pytest.raises(ValueError, match="natural"):
+        parse_rates("0,half")
 
 
 def _row(method: str, rot: list[float]) -> EvalRow:

@@ -173,7 +173,11 @@ def test_main_job_evaluates_on_the_data_it_trained_on():
     overrides = ["--trainer.max_epochs", "1", "--data.options", "{num_points: 64}", "--data.seed=3",
                  "--model.lr", "0.01", "--data.outlier_rate_2d", "0.5"]  # fmt: skip
     assert main.data_overrides(overrides) == [
-        "--data.options", "{num_points: 64}", "--data.seed=3", "--data.outlier_rate_2d", "0.5"
+        "--data.options",
+        "{num_points: 64}",
+        "--data.seed=3",
+        "--data.outlier_rate_2d",
+        "0.5",
     ]
 
 

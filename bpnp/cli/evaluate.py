@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def load_method_from_checkpoint(
-    path: str | Path, device: str = "cpu", ransac: RansacConfig | None = None, name: str | None = None
+    path: str | Path,
+    device: str = "cpu",
+    ransac: RansacConfig | None = None,
+    name: str | None = None,
+    pose: dict | None = None,
 ) -> list[Method]:
     """The methods a trained checkpoint contributes to the table: the network (``name``, default
     ``bpnp``) and the features + Hungarian baseline on its features (through
@@ -46,7 +50,7 @@ def load_method_from_checkpoint(
     # Imported here: loading a checkpoint needs the training package, the baselines do not.
     from bpnp.evaluation.network_method import checkpoint_methods
 
-    return checkpoint_methods(path, device, ransac, name)
+    return checkpoint_methods(path, device, ransac, name, pose)
 
 
 def _training_config_data(argv: list[str]) -> list[str]:
@@ -85,6 +89,12 @@ def base_parser(description: str) -> ArgumentParser:
         default=None,
         help="time per problem of the random baseline (default: the first other method's)",
     )
+    p.add_argument(
+        "--pose",
+        type=dict | None,
+        default=None,
+        help="pose-stage settings of the checkpoints' networks, e.g. '{reference_init: true}'",
+    )
     p.add_argument("--limit", type=int | None, default=None, help="evaluate only the first N problems")
     p.add_argument("--device", type=str, default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
@@ -113,7 +123,7 @@ def build_methods(cfg: Namespace) -> list[Method]:
     for path in cfg.ckpt:
         # Several checkpoints in one table: rows named after their files.
         name = "bpnp" if len(cfg.ckpt) == 1 else f"bpnp[{Path(path).stem}]"
-        found = load_method_from_checkpoint(path, cfg.device, ransac, name)
+        found = load_method_from_checkpoint(path, cfg.device, ransac, name, cfg.get("pose"))
         if len(cfg.ckpt) > 1:
             for method in found[1:]:
                 method.name = f"{method.name}[{Path(path).stem}]"
@@ -153,11 +163,16 @@ def loader_factory(dm: BlindPnPDataModule, dataset: Dataset):
 
 
 def parse_rates(text: str | None) -> list[float | None]:
-    """``"0,0.25,0.5"`` -> [0.0, 0.25, 0.5]; None or empty -> [None] (the data's own outliers)."""
+    """``"0,0.25,0.5"`` -> [0.0, 0.25, 0.5]; ``"natural"`` (or ``none``) in the list, None or empty ->
+    None there (the data's own outliers)."""
     if not text:
         return [None]
-    rates = [float(x) for x in str(text).strip("[]() ").replace(" ", "").split(",") if x]
-    bad = [r for r in rates if not 0.0 <= r < 1.0]
+    tokens = [x for x in str(text).strip("[]() ").replace(" ", "").split(",") if x]
+    try:
+        rates = [None if x.lower() in ("natural", "none", "null") else float(x) for x in tokens]
+    except ValueError as e:
+        raise ValueError(f"outlier rates {text!r}: expected numbers in [0, 1) or 'natural'") from e
+    bad = [r for r in rates if r is not None and not 0.0 <= r < 1.0]
     if bad:
         raise ValueError(f"outlier rates {bad}: each must lie in [0, 1)")
     return rates

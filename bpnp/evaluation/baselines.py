@@ -3,6 +3,8 @@
 - :class:`OracleBaseline`: OpenCV PnP-RANSAC on the ground-truth correspondences (upper bound).
 - :class:`RandomBaseline`: PnP-RANSAC on random one-to-one pairs, retried until a time budget per
   problem is spent (the floor).
+- :class:`RetrievedPoseBaseline`: the reference view's pose (a map's retrieved database image).
+- :class:`BearingHungarian`: nearest reference-view bearings, one-to-one, then RANSAC.
 - :class:`HungarianMatcher`: a cost (or feature-distance) matrix matched one-to-one with
   ``scipy.optimize.linear_sum_assignment``, then PnP-RANSAC on the cheapest pairs.
 """
@@ -21,7 +23,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from bpnp.data.sample import Batch
+from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 from bpnp.metrics.output import MethodOutput
+from bpnp.models.network import reference_bearings
 
 # Time per problem of the random baseline when no other method's time is there to copy.
 DEFAULT_BUDGET_MS = 50.0
@@ -275,4 +279,48 @@ class HungarianMatcher:
         return MethodOutput(R=R, t=t, valid=valid, pairs=P, scores=S)
 
 
-BASELINES: dict[str, type] = {"oracle": OracleBaseline, "random": RandomBaseline}
+class RetrievedPoseBaseline:
+    """The reference view's pose as the answer (the retrieved database image, with no matching):
+    how much a query's nearest map image alone gives, the floor a matcher must beat on map data."""
+
+    name = "retrieved pose"
+
+    def __init__(self, ransac: RansacConfig | None = None) -> None:
+        del ransac  # no estimation: the same constructor as the other baselines
+
+    def __call__(self, batch: Batch) -> MethodOutput:
+        if batch.ref_view is None:
+            raise ValueError(
+                "baseline 'retrieved': the samples have no reference view (R_ref, t_ref); the colmap "
+                "source has one, the synthetic one with reference_view_deg"
+            )
+        R, t = batch.ref_view
+        return MethodOutput(R=R, t=t, valid=torch.ones(len(batch), dtype=torch.bool, device=R.device))
+
+
+def bearing_angles(batch: Batch) -> Tensor:
+    """(B, M, N) angles (radians) between each query bearing and each 3D point's bearing in the
+    reference view: the matching cost of a map's retrieved image without any learning."""
+    q = normalized_to_bearings(pixels_to_normalized(batch.points2d.double(), batch.K.double()))
+    ref = batch.ref_view
+    if ref is None:
+        raise ValueError("baseline 'bearings': the samples have no reference view (R_ref, t_ref)")
+    r = reference_bearings(batch.points3d.double(), batch.mask3d, (ref[0].double(), ref[1].double()))
+    return torch.acos((q @ r.transpose(1, 2)).clamp(-1.0, 1.0))
+
+
+class BearingHungarian(HungarianMatcher):
+    """Nearest bearings one-to-one: the query's keypoints matched to the 3D points as the reference
+    view sees them (Hungarian on the angles, pairs beyond ``max_angle`` dropped), then RANSAC; what
+    a nearby retrieved image gives without learning, the baseline a matcher on map data must beat."""
+
+    def __init__(self, ransac: RansacConfig | None = None, max_angle: float = 0.05) -> None:
+        super().__init__(bearing_angles, max_cost=max_angle, ransac=ransac, name="bearings+hungarian")
+
+
+BASELINES: dict[str, type] = {
+    "oracle": OracleBaseline,
+    "random": RandomBaseline,
+    "retrieved": RetrievedPoseBaseline,
+    "bearings": BearingHungarian,
+}

@@ -53,7 +53,8 @@ def feature_cost(module: BlindPnPModule, batch: Batch) -> Tensor:
     """The network's cost matrix (B, M, N), ``||f_i - g_j||`` of its unit features, made from the
     batch the way the forward pass makes it (pixels -> normalised coordinates -> bearings)."""
     with torch.no_grad():
-        return module.net.match_cost(batch.points2d, batch.points3d, batch.K, batch.mask2d, batch.mask3d)[0]
+        b = batch
+        return module.net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)[0]
 
 
 def hungarian_on_features(module: BlindPnPModule, ransac: RansacConfig | None = None) -> HungarianMatcher:
@@ -62,9 +63,17 @@ def hungarian_on_features(module: BlindPnPModule, ransac: RansacConfig | None = 
     return HungarianMatcher(lambda batch: feature_cost(module, batch), ransac=ransac)
 
 
-def load_module(path: str | Path, device: str = "cpu") -> BlindPnPModule:
+def load_module(path: str | Path, device: str = "cpu", pose: dict | None = None) -> BlindPnPModule:
     """A trained :class:`BlindPnPModule` from a Lightning checkpoint, or ``pretrained:NAME`` for a
-    network shipped with the package, on ``device``, in eval mode."""
+    network shipped with the package, on ``device``, in eval mode; ``pose`` overrides pose-stage
+    settings (see :meth:`~bpnp.models.BlindPnPNet.set_pose_stage`)."""
+    module = _load_module(path, device)
+    if pose:
+        module.net.set_pose_stage(**pose)
+    return module
+
+
+def _load_module(path: str | Path, device: str) -> BlindPnPModule:
     from bpnp.models import NetConfig
     from bpnp.models.pretrained import pretrained_name, pretrained_state
     from bpnp.training.module import BlindPnPModule
@@ -84,9 +93,13 @@ def load_module(path: str | Path, device: str = "cpu") -> BlindPnPModule:
 
 
 def checkpoint_methods(
-    path: str | Path, device: str = "cpu", ransac: RansacConfig | None = None, name: str | None = None
+    path: str | Path,
+    device: str = "cpu",
+    ransac: RansacConfig | None = None,
+    name: str | None = None,
+    pose: dict | None = None,
 ) -> list[Method]:
     """The network of checkpoint ``path`` (named ``name``, default ``bpnp``) and the features +
-    Hungarian baseline on its features."""
-    module = load_module(path, device)
+    Hungarian baseline on its features; ``pose``: pose-stage overrides."""
+    module = load_module(path, device, pose)
     return [NetworkMethod(module, name or "bpnp"), hungarian_on_features(module, ransac)]
