@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import open3d as o3d
 import pytest
@@ -105,6 +106,18 @@ def test_readers_check_what_they_read(tmp_path):
     np.testing.assert_array_equal(
         read_intrinsics(tmp_path / "K4.txt"), [[500, 0, 320], [0, 510, 240], [0, 0, 1]]
     )
+    from bpnp.data.files import read_pose
+
+    R = cv2.Rodrigues(np.array([0.1, -0.2, 0.3]))[0]
+    (tmp_path / "pose.json").write_text(json.dumps({"R": R.tolist(), "t": [1, 2, 3]}))
+    R2, t2 = read_pose(tmp_path / "pose.json")
+    np.testing.assert_allclose(R2, R) and np.testing.assert_array_equal(t2, [1, 2, 3])
+    (tmp_path / "scaled.json").write_text(json.dumps({"R": (2 * R).tolist(), "t": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="scaled.json: 'R' is not a rotation"):
+        read_pose(tmp_path / "scaled.json")
+    (tmp_path / "short.json").write_text(json.dumps({"R": R.tolist(), "t": [1, 2]}))
+    with pytest.raises(ValueError, match="short.json"):
+        read_pose(tmp_path / "short.json")
 
 
 def test_the_shipped_network_loads_by_name():
@@ -166,3 +179,30 @@ def test_training_can_start_from_shipped_or_saved_weights(tmp_path):
         BlindPnPModule(net=NetConfig(blocks=2), init_from="pretrained:synthetic")
     with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
         BlindPnPModule(init_from=str(tmp_path / "nothing.ckpt"))
+
+
+SCENES = ROOT.parent / "shared" / "data" / "colmap_scenes"
+
+
+@pytest.mark.skipif(not (SCENES / "buzz_toy_shelf").is_dir(), reason="needs ../shared/data")
+def test_shipped_real_scene_network_localises_an_unseen_scene(tmp_path, capsys):
+    from bpnp.cli.predict import colmap_problem
+
+    scene, image = SCENES / "buzz_toy_shelf", "images12.jpg"  # a test scene: never trained on
+    predict_main(["--ckpt", "pretrained:colmap", "--colmap", str(scene), "--image_name", image,
+                  "--out", str(tmp_path / "colmap.json")])  # fmt: skip
+    result = json.loads((tmp_path / "colmap.json").read_text())
+    assert result["reference"]["rotation_error_deg"] < 3.0  # against COLMAP's own pose of the image
+    # the same problem from files, with the database image's pose as --ref_pose: the same answer
+    s = colmap_problem(scene, image, "retrieval", 1)
+    paths = write_problem(tmp_path / "p", s.points2d.double().numpy(), s.points3d.double().numpy(),
+                          s.K.double().numpy(), kinds=("txt", "npy", "txt"))  # fmt: skip
+    (tmp_path / "ref.json").write_text(json.dumps({"R": s.R_ref.tolist(), "t": s.t_ref.tolist()}))
+    args = ["--ckpt", "pretrained:colmap", "--points2d", str(paths["points2d"]), "--points3d",
+            str(paths["points3d"]), "--K", str(paths["K"])]  # fmt: skip
+    predict_main([*args, "--ref_pose", str(tmp_path / "ref.json"), "--out", str(tmp_path / "files.json")])
+    files = json.loads((tmp_path / "files.json").read_text())
+    np.testing.assert_allclose(files["R"], result["R"], atol=1e-3)
+    with pytest.raises(SystemExit) as e:  # without it: one line naming --ref_pose, status 2
+        predict_main([*args, "--out", str(tmp_path / "x.json")])
+    assert e.value.code == 2 and "--ref_pose" in capsys.readouterr().err

@@ -4,6 +4,11 @@ pose, the 2D-3D matches and their scores, as JSON.
     bpnp predict --points2d kp.txt --points3d cloud.ply --K K.txt --out result.json
     bpnp predict --problems DIR --out RESULTS_DIR     # every DIR/<name>/ with points2d.*, points3d.*, K.*
     bpnp predict --colmap MODEL --image_name NAME --out result.json --viz DIR
+    bpnp predict --ckpt pretrained:colmap --points2d kp.txt --points3d map.npy --K K.txt --ref_pose db.json
+
+Networks with bearing input (``pretrained:colmap``) also need a reference view of the 3D set, the
+pose of a database image that sees it: ``--ref_pose`` (problem folders: ``ref_pose.json``); with
+``--colmap`` it is the model's most co-visible image.
 
 ``--ckpt`` takes a checkpoint path or ``pretrained:NAME`` (default ``pretrained:synthetic``). User
 mistakes (a missing file, a malformed array, a bad option) print one line and exit with status 2;
@@ -26,7 +31,7 @@ import torch
 from jsonargparse import ArgumentParser
 from tqdm import tqdm
 
-from bpnp.data.files import POINT_SUFFIXES, intrinsics_matrix, read_intrinsics, read_points
+from bpnp.data.files import POINT_SUFFIXES, intrinsics_matrix, read_intrinsics, read_points, read_pose
 from bpnp.geometry import rotation_error_deg
 from bpnp.models import BlindPnPNet
 from bpnp.models.pretrained import pretrained_name
@@ -47,19 +52,34 @@ def load_network(ref: str, device: str = "cpu") -> BlindPnPNet:
 
 
 def predict_problem(
-    net: BlindPnPNet, uv: np.ndarray, X: np.ndarray, K: np.ndarray, inlier_px: float = 4.0
+    net: BlindPnPNet,
+    uv: np.ndarray,
+    X: np.ndarray,
+    K: np.ndarray,
+    inlier_px: float = 4.0,
+    ref: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The network's answer on one problem, as plain JSON-ready values.
 
     Args:
         uv: (m, 2) pixels; X: (n, 3) world points; K: (3, 3).
         inlier_px: a match is an inlier when its 3D point projects within this many pixels.
+        ref: ``(R (3, 3), t (3,))`` of a reference view of the 3D set (a map's database image), which
+            networks with bearing input need.
+    Raises:
+        ValueError: when the network needs a reference view and none is given.
     """
+    if net.config.input3d == "bearings" and ref is None:
+        raise ValueError(
+            "this network reads the 3D points as bearings in a reference view: pass --ref_pose FILE "
+            "(JSON with R and t, world to camera, of a database image that sees them) or use --colmap"
+        )
     device = next(net.parameters()).device
     as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
     start = time.perf_counter()
     with torch.no_grad():
-        out = net.predict(as_t(uv), as_t(X), as_t(K))
+        ref_t = None if ref is None else (as_t(ref[0]), as_t(ref[1]))
+        out = net.predict(as_t(uv), as_t(X), as_t(K), ref=ref_t)
     seconds = time.perf_counter() - start
     R, t = out["R"].double().cpu().numpy(), out["t"].double().cpu().numpy()
     matches, scores = out["matches"].cpu().numpy(), out["scores"].double().cpu().numpy()
@@ -146,6 +166,12 @@ def parser() -> ArgumentParser:
         "--viz", type=str | None, default=None, help="COLMAP input: write the 2D and 3D pictures here"
     )
     p.add_argument("--image", type=str | None, default=None, help="the photo, to draw the matches on")
+    p.add_argument(
+        "--ref_pose",
+        type=str | None,
+        default=None,
+        help="JSON {R, t} of a reference view of the 3D set (networks with bearing input, e.g. colmap)",
+    )
     p.add_argument("--out", type=str, default="prediction.json", help="result JSON (batch mode: a folder)")
     p.add_argument("--inlier_px", type=float, default=4.0, help="reprojection threshold of an inlier match")
     p.add_argument("--device", type=str, default="cpu")
@@ -162,17 +188,22 @@ def _intrinsics(cfg) -> np.ndarray:
     raise ValueError("intrinsics: pass --K FILE or all of --fx --fy --cx --cy")
 
 
-def colmap_problem(model: str | Path, image_name: str):
+def colmap_problem(
+    model: str | Path, image_name: str, query_protocol: str = "covisible", num_covisible: int = 5
+):
     """The problem of a registered image of a COLMAP model: its keypoints (undistorted pixels), the
-    points of its co-visible images and its own (the COLMAP source's query protocol), K, and the
-    model's pose of the image as a reference.
+    points of its co-visible images and its own (the COLMAP source's default query protocol; or
+    GoMatch's ``"retrieval"``: only what the ``num_covisible`` retrieved images see), K, the model's
+    pose of the image, and the most co-visible image as the reference view.
 
     Raises:
         ValueError: naming the image when the model does not hold it (or it has too few points).
     """
     from bpnp.data.colmap import ColmapDataset
 
-    ds = ColmapDataset(model, split="all", split_by="image")
+    ds = ColmapDataset(
+        model, split="all", split_by="image", query_protocol=query_protocol, num_covisible=num_covisible
+    )
     names = [ds.names[i] for i in ds.items]
     if image_name not in names:
         close = difflib.get_close_matches(image_name, names, n=3)
@@ -184,9 +215,13 @@ def colmap_problem(model: str | Path, image_name: str):
 
 
 def _predict_colmap(net, cfg) -> list[Path]:
-    sample = colmap_problem(cfg.colmap, cfg.image_name)
+    # A bearing network was trained on GoMatch's protocol with the top-1 retrieved image: ask it that.
+    protocol = ("retrieval", 1) if net.config.input3d == "bearings" else ("covisible", 5)
+    sample = colmap_problem(cfg.colmap, cfg.image_name, *protocol)
     uv, X, K = (v.double().numpy() for v in (sample.points2d, sample.points3d, sample.K))
-    result = predict_problem(net, uv, X, K, cfg.inlier_px)
+    # The model's most co-visible other image is the reference view.
+    ref = None if sample.R_ref is None else (sample.R_ref.double().numpy(), sample.t_ref.double().numpy())
+    result = predict_problem(net, uv, X, K, cfg.inlier_px, ref)
     R_ref = sample.R.double()
     R_est = torch.tensor(result["R"], dtype=torch.float64)
     result["reference"] = {
@@ -229,7 +264,8 @@ def run(cfg) -> list[Path]:
             uv = read_points(_find(d, "points2d", POINT_SUFFIXES[:3]), 2, "points2d")
             X = read_points(_find(d, "points3d", POINT_SUFFIXES), 3, "points3d")
             K = read_intrinsics(_find(d, "K", (".txt", ".json")))
-            written.append(_write(out / f"{d.name}.json", predict_problem(net, uv, X, K, cfg.inlier_px)))
+            ref = read_pose(d / "ref_pose.json") if (d / "ref_pose.json").is_file() else None
+            written.append(_write(out / f"{d.name}.json", predict_problem(net, uv, X, K, cfg.inlier_px, ref)))
         return written
     if cfg.points2d is None or cfg.points3d is None:
         raise ValueError(
@@ -238,7 +274,8 @@ def run(cfg) -> list[Path]:
     uv = read_points(cfg.points2d, 2, "points2d")
     X = read_points(cfg.points3d, 3, "points3d")
     K = _intrinsics(cfg)
-    result = predict_problem(net, uv, X, K, cfg.inlier_px)
+    ref = None if cfg.ref_pose is None else read_pose(cfg.ref_pose)
+    result = predict_problem(net, uv, X, K, cfg.inlier_px, ref)
     written = [_write(out, result)]
     if cfg.image is not None:
         written.append(draw_result(Path(cfg.image), uv, X, K, result, out.with_suffix(".png")))

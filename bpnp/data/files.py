@@ -123,3 +123,24 @@ def read_intrinsics(path: str | Path) -> np.ndarray:
             f"intrinsics file {path}: not a pinhole matrix [[fx, s, cx], [0, fy, cy], [0, 0, 1]]"
         )
     return K
+
+
+def read_pose(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(R (3, 3), t (3,))``, world to camera, from JSON ``{"R": [[..]], "t": [..]}``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a rotation and a finite translation.
+    """
+    path = _exists(path, "pose")
+    try:
+        data = json.loads(path.read_text())
+        R, t = np.asarray(data["R"], dtype=np.float64), np.asarray(data["t"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"pose file {path}: expected JSON with 'R' (3 x 3) and 't' (3), ({e})") from e
+    if R.shape != (3, 3) or t.shape != (3,) or not (np.isfinite(R).all() and np.isfinite(t).all()):
+        raise ValueError(
+            f"pose file {path}: expected finite 'R' (3 x 3) and 't' (3,), got {R.shape}, {t.shape}"
+        )
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+        raise ValueError(f"pose file {path}: 'R' is not a rotation matrix")
+    return R, t

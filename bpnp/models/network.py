@@ -45,6 +45,7 @@ class NetworkOutput:
         x2d: (B, m, 2) normalised image coordinates used by the pose stage.
         sinkhorn_info: per-sample convergence of the Sinkhorn layer.
         pnp: the PnP layer's full result (iterations, convergence, validity).
+        ref: the reference views the pass used (after ``rematch_passes``, the previous pass's pose).
     """
 
     P: Tensor
@@ -58,6 +59,7 @@ class NetworkOutput:
     x2d: Tensor | None = None
     sinkhorn_info: SolverInfo | None = None
     pnp: PnPResult | None = None
+    ref: tuple[Tensor, Tensor] | None = None
 
 
 def normalise_cloud(points: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -147,6 +149,9 @@ class NetConfig:
             of RANSAC's unless RANSAC's has more inliers among the top pairs beyond its 4-point
             minimal sample (a map's retrieved image is often closer than a pose from few correct
             matches).
+        rematch_passes: with reference views, match again this many times with the previous pass's
+            pose as the reference view (guided matching: the bearings, the prior and the reference
+            initialisation then come from a view much closer to the query's).
     """
 
     feature_dim: int = 128
@@ -178,6 +183,7 @@ class NetConfig:
     input3d: str = "world"
     reference_init: bool = False
     bearing_prior: float | None = None
+    rematch_passes: int = 0
 
     def __post_init__(self) -> None:
         if self.bearing_prior is not None and (self.input3d != "bearings" or not self.bearing_prior > 0):
@@ -199,6 +205,7 @@ MINIMAL_SAMPLE = 4
 POSE_STAGE_SETTINGS = (
     "use_pnp", "pnp_objective", "pnp_sparse_topk", "pnp_max_iter", "pnp_robust", "pnp_robust_scale",
     "ransac_init", "ransac_threshold", "ransac_iterations", "topk_factor", "reference_init",
+    "rematch_passes",
 )  # fmt: skip
 
 
@@ -327,9 +334,11 @@ class BlindPnPNet(nn.Module):
         prior = None
         if self.log_prior_scale is not None:
             with torch.autocast(points2d.device.type, enabled=False):
-                r = reference_bearings(points3d.to(dtype), mask3d, ref)
-                # The angle from the chord |b - r| = 2 sin(angle / 2), by one bmm (data: no gradient).
-                chord = (2.0 - 2.0 * bearings.to(dtype) @ r.transpose(1, 2)).clamp(0.0, 4.0).sqrt()
+                r = reference_bearings(points3d.detach().to(dtype), mask3d, ref)
+                # The angle from the chord |b - r| = 2 sin(angle / 2), by one bmm; a fixed geometric
+                # term (sqrt has no gradient at 0): only its scale learns.
+                dot = bearings.detach().to(dtype) @ r.transpose(1, 2)
+                chord = (2.0 - 2.0 * dot).clamp(0.0, 4.0).sqrt()
                 prior = 2.0 * torch.asin(0.5 * chord)
         return self.cost(f, g, prior), x2d
 
@@ -359,18 +368,35 @@ class BlindPnPNet(nn.Module):
         n = points3d.shape[1]
         mask2d = torch.ones(B, m, dtype=torch.bool, device=points2d.device) if mask2d is None else mask2d
         mask3d = torch.ones(B, n, dtype=torch.bool, device=points2d.device) if mask3d is None else mask3d
+        passes = self.config.rematch_passes if with_pose and ref is not None else 0
+        for _ in range(passes):
+            # Guided matching: the pose of a full pass (always refined, so refine=False and then
+            # refine_pose give the same answer as refine=True) becomes the next pass's reference view.
+            out = self._match(points2d, points3d, K, mask2d, mask3d, view, ref)
+            self._pose(out, out.x2d, points3d, mask2d, mask3d, ref=ref)
+            posed = (torch.isfinite(out.R).all((-1, -2)) & torch.isfinite(out.t).all(-1)).detach()
+            ref = (
+                torch.where(posed[:, None, None], out.R.detach(), ref[0].to(out.R.dtype)),
+                torch.where(posed[:, None], out.t.detach(), ref[1].to(out.t.dtype)),
+            )
+        out = self._match(points2d, points3d, K, mask2d, mask3d, view, ref)
+        if with_pose:
+            self._pose(out, out.x2d, points3d, mask2d, mask3d, refine=refine, ref=ref)
+        return out
+
+    def _match(self, points2d, points3d, K, mask2d, mask3d, view, ref) -> NetworkOutput:
+        """Cost and transport plan of one pass (see :meth:`forward`)."""
+        m, n = points2d.shape[1], points3d.shape[1]
         M, x2d = self.match_cost(points2d, points3d, K, mask2d, mask3d, view, ref)
         P_full, info = self.sinkhorn(M, mask2d, mask3d, return_info=True)
         P = P_full[:, :m, :n] if self.sinkhorn.dustbin is not None else P_full
-        out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d, sinkhorn_info=info)
-        if with_pose:
-            self._pose(out, x2d, points3d, mask2d, mask3d, refine=refine, ref=ref)
+        out = NetworkOutput(P=P, P_full=P_full, M=M, x2d=x2d, sinkhorn_info=info, ref=ref)
         return out
 
     def refine_pose(self, out: NetworkOutput, points3d: Tensor, mask2d: Tensor, mask3d: Tensor) -> None:
         """Run the PnP layer from the RANSAC pose of a forward pass made with ``refine=False`` (for
         timing the two stages apart); the result is that of a forward pass with ``refine=True``."""
-        self._pose(out, out.x2d, points3d, mask2d, mask3d, pose_init=(out.R_init, out.t_init))
+        self._pose(out, out.x2d, points3d, mask2d, mask3d, pose_init=(out.R_init, out.t_init), ref=out.ref)
 
     def _reference_or_ransac(
         self,

@@ -1,4 +1,4 @@
-"""Networks shipped with the package: ``load_pretrained("synthetic")``.
+"""Networks shipped with the package: ``load_pretrained("synthetic")``, ``load_pretrained("colmap")``.
 
 Each file in ``bpnp/models/weights/`` holds a network's :class:`NetConfig` (as a dict) and its state
 dict, stripped of the optimiser (1.5 MB instead of 4.4). README's table gives each one's test figures
@@ -20,6 +20,12 @@ PRETRAINED: dict[str, tuple[str, str]] = {
         "synthetic.pt",
         "synthetic, uniform rotations, 256 points, 25 % 2D + 25 % 3D outliers "
         "(configs/recipes/uniform_30min.yaml, 30 CPU minutes)",
+    ),
+    "colmap": (
+        "colmap.pt",
+        "the 14 training scenes of configs/colmap_scenes.yaml (real COLMAP models), GoMatch's retrieval "
+        "protocol with the top-1 database image as reference view, 50 % outliers, bearing input with the "
+        "bearing prior; one re-matching pass (about 10 CPU minutes)",
     ),
 }
 PREFIX = "pretrained:"
