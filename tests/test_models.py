@@ -231,6 +231,13 @@ def test_reference_initialisation_picks_the_pose_with_more_inliers():
     few[0, rows] = torch.roll(truth[0, rows], 7, dims=1)
     R, t = net._reference_or_ransac(few, x2d, b.points3d, b.mask2d, b.mask3d, (b.R, b.t))
     assert torch.equal(R, b.R) and torch.equal(t, b.t)
+    # with a far reference, the one-to-one assignment of a cost that knows the pairs wins
+    cost = 1.0 - truth
+    R, t = net._reference_or_ransac(few, x2d, b.points3d, b.mask2d, b.mask3d, far, cost)
+    assert rotation_error_deg(R, b.R).item() > 5.0  # without hungarian_init the cost is not used
+    net.set_pose_stage(hungarian_init=True)
+    R, t = net._reference_or_ransac(few, x2d, b.points3d, b.mask2d, b.mask3d, far, cost)
+    assert rotation_error_deg(R, b.R).item() < 1.0
     with pytest.raises(ValueError, match="pose-stage settings"):
         net.set_pose_stage(blocks=3)
     net.set_pose_stage(reference_init=False)
@@ -256,3 +263,20 @@ def test_rematching_uses_the_previous_pose_as_the_reference_view():
         two.refine_pose(again, b.points3d, b.mask2d, b.mask3d)
     torch.testing.assert_close(again.R, out.R)  # two stages timed apart: the same answer
     torch.testing.assert_close(again.t, out.t)
+
+
+def test_one_to_one_pairs_hand_computed():
+    from bpnp.models.network import one_to_one_pairs
+
+    # rows prefer column 0, but the cheapest one-to-one assignment is (0, 1), (1, 0): 0.2 + 0.1
+    M = torch.tensor([[[0.1, 0.2, 9.0], [0.1, 5.0, 9.0]]])
+    rows, cols, w = one_to_one_pairs(
+        M, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool), 5.0
+    )
+    pairs = {(int(r), int(c)) for r, c, k in zip(rows[0], cols[0], w[0], strict=True) if k > 0}
+    assert pairs == {(0, 1), (1, 0)}
+    # a padded column is never assigned, and a pair at the clip is dropped
+    mask3d = torch.tensor([[False, True, True]])
+    rows, cols, w = one_to_one_pairs(M, torch.ones(1, 2, dtype=torch.bool), mask3d, 5.0)
+    pairs = {(int(r), int(c)) for r, c, k in zip(rows[0], cols[0], w[0], strict=True) if k > 0}
+    assert pairs == {(0, 1)}  # row 1 gets column 2, at 9.0: beyond the clip

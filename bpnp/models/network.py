@@ -18,14 +18,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
 from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
-from bpnp.nodes.pnp.ransac import score_poses, top_pairs
+from bpnp.nodes.pnp.ransac import opencv_ransac, score_poses, top_pairs
 from bpnp.nodes.sinkhorn_solver import SolverInfo
 
 
@@ -94,6 +96,40 @@ def reference_bearings(points: Tensor, mask: Tensor, ref: tuple[Tensor, Tensor] 
     return b.to(points.dtype)
 
 
+def one_to_one_pairs(
+    M: Tensor, mask2d: Tensor, mask3d: Tensor, max_cost: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The minimum-cost one-to-one assignment of each cost matrix (Hungarian, on the CPU).
+
+    Args:
+        M: (B, m, n) costs; mask2d (B, m), mask3d (B, n) bool; pairs at ``max_cost`` or above are
+            dropped (a clipped cost carries no preference).
+    Returns:
+        rows (B, k), cols (B, k) int64 and weights (B, k) (1 for a kept pair, 0 for padding), k = min(m, n).
+    """
+    B, m, n = M.shape
+    k = min(m, n)
+    rows = torch.zeros(B, k, dtype=torch.long)
+    cols = torch.zeros(B, k, dtype=torch.long)
+    w = torch.zeros(B, k)
+    cost = M.detach().to("cpu", torch.float64).numpy()
+    m2, m3 = mask2d.cpu().numpy(), mask3d.cpu().numpy()
+    for b in range(B):
+        i2, i3 = np.flatnonzero(m2[b]), np.flatnonzero(m3[b])
+        if len(i2) == 0 or len(i3) == 0:
+            continue
+        r, cidx = linear_sum_assignment(cost[b][np.ix_(i2, i3)])
+        keep = cost[b][i2[r], i3[cidx]] < max_cost
+        r, cidx = i2[r][keep], i3[cidx][keep]
+        rows[b, : len(r)], cols[b, : len(r)], w[b, : len(r)] = (
+            torch.from_numpy(r),
+            torch.from_numpy(cidx),
+            1.0,
+        )
+    dev = M.device
+    return rows.to(dev), cols.to(dev), w.to(dev)
+
+
 def topk_matches(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` largest entries of each plan.
 
@@ -152,6 +188,9 @@ class NetConfig:
         rematch_passes: with reference views, match again this many times with the previous pass's
             pose as the reference view (guided matching: the bearings, the prior and the reference
             initialisation then come from a view much closer to the query's).
+        hungarian_init: with ``reference_init``, a third candidate initial pose: OpenCV's RANSAC on
+            the one-to-one (Hungarian) assignment of the cost, which holds up when few points are
+            outliers, where the plan's top pairs repeat points.
     """
 
     feature_dim: int = 128
@@ -184,6 +223,7 @@ class NetConfig:
     reference_init: bool = False
     bearing_prior: float | None = None
     rematch_passes: int = 0
+    hungarian_init: bool = False
 
     def __post_init__(self) -> None:
         if self.bearing_prior is not None and (self.input3d != "bearings" or not self.bearing_prior > 0):
@@ -205,7 +245,7 @@ MINIMAL_SAMPLE = 4
 POSE_STAGE_SETTINGS = (
     "use_pnp", "pnp_objective", "pnp_sparse_topk", "pnp_max_iter", "pnp_robust", "pnp_robust_scale",
     "ransac_init", "ransac_threshold", "ransac_iterations", "topk_factor", "reference_init",
-    "rematch_passes",
+    "rematch_passes", "hungarian_init",
 )  # fmt: skip
 
 
@@ -406,9 +446,12 @@ class BlindPnPNet(nn.Module):
         mask2d: Tensor,
         mask3d: Tensor,
         ref: tuple[Tensor, Tensor],
+        M: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Per sample, RANSAC's pose or the reference pose, whichever has more inliers among the
-        top pairs of ``P`` (B, m, n), not counting RANSAC's minimal sample (ties: the reference)."""
+        """Per sample, the candidate pose with most inliers among the top pairs of ``P`` (B, m, n):
+        RANSAC's on those pairs, the reference pose, and with ``hungarian_init`` RANSAC's on the
+        one-to-one assignment of the cost ``M``; RANSAC poses do not count their minimal sample (ties:
+        the reference)."""
         c = self.config
         ransac = weighted_pnp(
             x2d, points3d, P, max_iter=0, init=c.ransac_init, topk=self.topk(x2d.shape[1]),
@@ -418,13 +461,24 @@ class BlindPnPNet(nn.Module):
         rows, cols, w = top_pairs(P.detach(), self.topk(x2d.shape[1]))
         x = x2d.gather(1, rows[..., None].expand(-1, -1, 2))
         X = points3d.gather(1, cols[..., None].expand(-1, -1, 3))
-        R_ref, t_ref = ref[0].to(P.dtype), ref[1].to(P.dtype)
-        R = torch.stack([ransac.R_init, R_ref], 1)
-        t = torch.stack([ransac.t_init, t_ref], 1)
-        score = score_poses(R, t, x, X, (w > 0).to(P.dtype), c.ransac_threshold)
-        # RANSAC's own minimal sample is an inlier set by construction: only its further inliers count.
-        pick = (score[:, 1] > score[:, 0] - MINIMAL_SAMPLE)[:, None]
-        return torch.where(pick[..., None], R_ref, ransac.R_init), torch.where(pick, t_ref, ransac.t_init)
+        Rs = [ref[0].to(P.dtype), ransac.R_init]
+        ts = [ref[1].to(P.dtype), ransac.t_init]
+        discount = [0.0, MINIMAL_SAMPLE]
+        if c.hungarian_init and M is not None:
+            hr, hc, hw = one_to_one_pairs(M.detach(), mask2d, mask3d, c.cost_clip)
+            xh = x2d.gather(1, hr[..., None].expand(-1, -1, 2))
+            Xh = points3d.gather(1, hc[..., None].expand(-1, -1, 3))
+            Rh, th, _ = opencv_ransac(xh, Xh, hw.to(P.dtype), c.ransac_threshold, c.ransac_iterations)
+            Rs.append(Rh)
+            ts.append(th)
+            discount.append(MINIMAL_SAMPLE)
+        score = score_poses(
+            torch.stack(Rs, 1), torch.stack(ts, 1), x, X, (w > 0).to(P.dtype), c.ransac_threshold
+        )
+        score = score - score.new_tensor(discount)
+        best = score.argmax(1)  # the first of equal scores: the reference
+        pick = torch.arange(len(best), device=best.device)
+        return torch.stack(Rs, 1)[pick, best], torch.stack(ts, 1)[pick, best]
 
     def _pose(
         self,
@@ -444,7 +498,7 @@ class BlindPnPNet(nn.Module):
             if pose_init is None and c.reference_init and ref is not None:
                 P = out.P.detach().to(dtype)
                 pose_init = self._reference_or_ransac(
-                    P, x2d.to(dtype), points3d.to(dtype), mask2d, mask3d, ref
+                    P, x2d.to(dtype), points3d.to(dtype), mask2d, mask3d, ref, out.M
                 )
             res = weighted_pnp(
                 x2d.to(dtype),
