@@ -174,3 +174,13 @@ def test_broadcasting_batched_K():
     x = G.pixels_to_normalized(uv, K)
     assert x.shape == (4, 7, 2)
     torch.testing.assert_close(x[:, 0, 0], 1.0 / torch.arange(1, 5).float())
+
+
+def test_bearing_angles_match_acos_of_the_dot_product():
+    from bpnp.geometry import bearing_angles
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(2, 5, 3, generator=g, dtype=torch.float64), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(2, 7, 3, generator=g, dtype=torch.float64), dim=-1)
+    torch.testing.assert_close(bearing_angles(a, b), torch.acos((a @ b.transpose(1, 2)).clamp(-1, 1)))
+    assert bearing_angles(a, torch.zeros(2, 1, 3, dtype=torch.float64)).sub(torch.pi / 2).abs().max() < 1e-12

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from bpnp.data.sample import Batch
-from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
+from bpnp.geometry import bearing_angles, normalized_to_bearings, pixels_to_normalized
 from bpnp.metrics.output import MethodOutput
 from bpnp.models.network import reference_bearings
+from bpnp.nodes.pnp.ransac import hungarian_pairs
 
 # Time per problem of the random baseline when no other method's time is there to copy.
 DEFAULT_BUDGET_MS = 50.0
@@ -218,25 +218,6 @@ class RandomBaseline:
         return per_problem(batch, lambda uv, X, K, _: self._solve(uv, X, K))
 
 
-def hungarian_pairs(cost: np.ndarray, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one assignment of minimum total cost, pairs sorted by cost (cheapest first).
-
-    Args:
-        cost: (m, n) cost matrix (e.g. distances between unit features).
-        max_cost: drop assigned pairs costlier than this (None keeps all min(m, n)).
-    Returns:
-        pairs (k, 2) int64 ``(i, j)`` and their costs (k,).
-    """
-    rows, cols = linear_sum_assignment(cost)
-    c = cost[rows, cols]
-    order = np.argsort(c, kind="stable")
-    pairs, c = np.stack([rows, cols], 1)[order].astype(np.int64), c[order]
-    if max_cost is not None:
-        keep = c <= max_cost
-        pairs, c = pairs[keep], c[keep]
-    return pairs, c
-
-
 class HungarianMatcher:
     """Features + Hungarian: one-to-one matching of a cost matrix, then PnP-RANSAC on the top-k.
 
@@ -298,7 +279,7 @@ class RetrievedPoseBaseline:
         return MethodOutput(R=R, t=t, valid=torch.ones(len(batch), dtype=torch.bool, device=R.device))
 
 
-def bearing_angles(batch: Batch) -> Tensor:
+def reference_view_angles(batch: Batch) -> Tensor:
     """(B, M, N) angles (radians) between each query bearing and each 3D point's bearing in the
     reference view: the matching cost of a map's retrieved image without any learning."""
     q = normalized_to_bearings(pixels_to_normalized(batch.points2d.double(), batch.K.double()))
@@ -306,7 +287,7 @@ def bearing_angles(batch: Batch) -> Tensor:
     if ref is None:
         raise ValueError("baseline 'bearings': the samples have no reference view (R_ref, t_ref)")
     r = reference_bearings(batch.points3d.double(), batch.mask3d, (ref[0].double(), ref[1].double()))
-    return torch.acos((q @ r.transpose(1, 2)).clamp(-1.0, 1.0))
+    return bearing_angles(q, r)
 
 
 class BearingHungarian(HungarianMatcher):
@@ -315,7 +296,7 @@ class BearingHungarian(HungarianMatcher):
     a nearby retrieved image gives without learning, the baseline a matcher on map data must beat."""
 
     def __init__(self, ransac: RansacConfig | None = None, max_angle: float = 0.05) -> None:
-        super().__init__(bearing_angles, max_cost=max_angle, ransac=ransac, name="bearings+hungarian")
+        super().__init__(reference_view_angles, max_cost=max_angle, ransac=ransac, name="bearings+hungarian")
 
 
 BASELINES: dict[str, type] = {

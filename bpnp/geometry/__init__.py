@@ -1,6 +1,7 @@
 """Pure batched geometry: rotations, poses, the pinhole camera. Lowest layer; imports only torch."""
 
 from bpnp.geometry.camera import (
+    bearing_angles,
     normalized_to_bearings,
     normalized_to_pixels,
     pixels_to_bearings,
@@ -37,6 +38,7 @@ __all__ = [
     "invert_pose",
     "matrix_to_axis_angle",
     "matrix_to_quaternion",
+    "bearing_angles",
     "normalized_to_bearings",
     "normalized_to_pixels",
     "pixels_to_bearings",

@@ -53,6 +53,19 @@ def normalized_to_bearings(x: Tensor) -> Tensor:
     return xh / xh.norm(dim=-1, keepdim=True)
 
 
+def bearing_angles(a: Tensor, b: Tensor) -> Tensor:
+    """Angles (radians) between every pair of unit bearings, from the chord ``|a - b| = 2 sin(angle / 2)``
+    by one product (a zero vector, such as padding, is at 90 degrees from everything).
+
+    Args:
+        a: (..., m, 3); b: (..., n, 3).
+    Returns:
+        (..., m, n) in [0, pi].
+    """
+    chord = (2.0 - 2.0 * a @ b.transpose(-1, -2)).clamp(0.0, 4.0).sqrt()
+    return 2.0 * torch.asin(0.5 * chord)
+
+
 def pixels_to_bearings(uv: Tensor, K: Tensor) -> Tensor:
     """Unit bearing vectors of pixels.
 

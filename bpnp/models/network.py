@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from bpnp.geometry import normalized_to_bearings, pixels_to_normalized
+from bpnp.geometry import bearing_angles, normalized_to_bearings, pixels_to_normalized
 from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
-from bpnp.nodes.pnp.ransac import opencv_ransac, score_poses, top_pairs
+from bpnp.nodes.pnp.ransac import hungarian_pairs, opencv_ransac, score_poses, top_pairs
 from bpnp.nodes.sinkhorn_solver import SolverInfo
 
 
@@ -99,7 +98,8 @@ def reference_bearings(points: Tensor, mask: Tensor, ref: tuple[Tensor, Tensor] 
 def one_to_one_pairs(
     M: Tensor, mask2d: Tensor, mask3d: Tensor, max_cost: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The minimum-cost one-to-one assignment of each cost matrix (Hungarian, on the CPU).
+    """The minimum-cost one-to-one assignment of each cost matrix (:func:`hungarian_pairs` per
+    sample, on the CPU), in row order.
 
     Args:
         M: (B, m, n) costs; mask2d (B, m), mask3d (B, n) bool; pairs at ``max_cost`` or above are
@@ -118,14 +118,13 @@ def one_to_one_pairs(
         i2, i3 = np.flatnonzero(m2[b]), np.flatnonzero(m3[b])
         if len(i2) == 0 or len(i3) == 0:
             continue
-        r, cidx = linear_sum_assignment(cost[b][np.ix_(i2, i3)])
-        keep = cost[b][i2[r], i3[cidx]] < max_cost
-        r, cidx = i2[r][keep], i3[cidx][keep]
-        rows[b, : len(r)], cols[b, : len(r)], w[b, : len(r)] = (
-            torch.from_numpy(r),
-            torch.from_numpy(cidx),
-            1.0,
-        )
+        pairs, c = hungarian_pairs(cost[b][np.ix_(i2, i3)])
+        pairs = pairs[c < max_cost]
+        pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]  # in row order, as RANSAC has drawn them
+        kept = len(pairs)
+        rows[b, :kept] = torch.from_numpy(i2[pairs[:, 0]])
+        cols[b, :kept] = torch.from_numpy(i3[pairs[:, 1]])
+        w[b, :kept] = 1.0
     dev = M.device
     return rows.to(dev), cols.to(dev), w.to(dev)
 
@@ -375,11 +374,8 @@ class BlindPnPNet(nn.Module):
         if self.log_prior_scale is not None:
             with torch.autocast(points2d.device.type, enabled=False):
                 r = reference_bearings(points3d.detach().to(dtype), mask3d, ref)
-                # The angle from the chord |b - r| = 2 sin(angle / 2), by one bmm; a fixed geometric
-                # term (sqrt has no gradient at 0): only its scale learns.
-                dot = bearings.detach().to(dtype) @ r.transpose(1, 2)
-                chord = (2.0 - 2.0 * dot).clamp(0.0, 4.0).sqrt()
-                prior = 2.0 * torch.asin(0.5 * chord)
+                # A fixed geometric term (sqrt has no gradient at 0): only its scale learns.
+                prior = bearing_angles(bearings.detach().to(dtype), r)
         return self.cost(f, g, prior), x2d
 
     def forward(

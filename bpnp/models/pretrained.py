@@ -8,6 +8,7 @@ and the command that trains it.
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,8 +68,6 @@ def network_weights(ref: str) -> dict[str, torch.Tensor]:
     name = pretrained_name(ref)
     if name is not None:
         return pretrained_state(name)["state_dict"]
-    from pathlib import Path
-
     if not Path(ref).is_file():
         raise FileNotFoundError(
             f"init_from: checkpoint {ref} not found (expected a .ckpt file or pretrained:NAME)"

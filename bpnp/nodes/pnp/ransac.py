@@ -1,4 +1,5 @@
-"""RANSAC initialisation of the PnP layer on the top-k weighted pairs (no gradients).
+"""RANSAC initialisation of the PnP layer on the top-k weighted pairs (no gradients), and the
+candidate pair sets it draws from (:func:`top_pairs`, :func:`hungarian_pairs`).
 
 - :func:`opencv_ransac`: OpenCV's ``solvePnPRansac`` (P3P hypotheses) per sample on the CPU.
 - :func:`torch_ransac`: batched on the tensors' device: 6-point DLT hypotheses solved at once with
@@ -13,6 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from bpnp.geometry.dlt import camera_matrix_to_pose, dlt_camera_matrix
@@ -41,6 +43,25 @@ def top_pairs(W: Tensor, k: int, per_row: int | None = None) -> tuple[Tensor, Te
         w_row, col_row = W.topk(r, dim=-1)  # (B, m, r)
     w, idx = w_row.reshape(B, m * r).topk(min(k, m * r), dim=-1)
     return idx // r, col_row.reshape(B, m * r).gather(1, idx), w
+
+
+def hungarian_pairs(cost: np.ndarray, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one assignment of minimum total cost, pairs sorted by cost (cheapest first).
+
+    Args:
+        cost: (m, n) cost matrix (e.g. distances between unit features).
+        max_cost: drop assigned pairs costlier than this (None keeps all min(m, n)).
+    Returns:
+        pairs (k, 2) int64 ``(i, j)`` and their costs (k,).
+    """
+    rows, cols = linear_sum_assignment(cost)
+    c = cost[rows, cols]
+    order = np.argsort(c, kind="stable")
+    pairs, c = np.stack([rows, cols], 1)[order].astype(np.int64), c[order]
+    if max_cost is not None:
+        keep = c <= max_cost
+        pairs, c = pairs[keep], c[keep]
+    return pairs, c
 
 
 def _fallback_pose(x: Tensor, X: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
