@@ -81,3 +81,8 @@ def main(mode: str, out: str, devices: int = 2, val_samples: int = 5) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:]))
+    # Join gloo's threads before the interpreter exits: left to shutdown they can abort the process
+    # ("terminate called without an active exception") after the work is done.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
