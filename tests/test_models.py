@@ -244,6 +244,45 @@ def test_reference_initialisation_picks_the_pose_with_more_inliers():
     assert not net.config.reference_init
 
 
+def test_candidates_count_support_on_the_one_to_one_assignment_when_asked():
+    torch.manual_seed(0)
+    net = BlindPnPNet(
+        NetConfig(blocks=1, channels=16, feature_dim=16, reference_init=True, hungarian_init=True,
+                  ransac_iterations=200)
+    )  # fmt: skip
+    b = collate([SyntheticDataset(num_samples=1, num_points=60, seed=3, noise_px=0.5)[0]])
+    from bpnp.geometry import pixels_to_normalized, project_normalized
+    from bpnp.geometry.view_search import perturb_rotation
+
+    x2d = pixels_to_normalized(b.points2d, b.K)
+    far = (
+        perturb_rotation(b.R, 1.0, torch.Generator().manual_seed(0))
+        @ b.R.new_tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+        b.t,
+    )  # 90 degrees off the truth
+    # Ghost keypoints: three exact images under the far pose of each of 30 points in front of it.
+    front = torch.nonzero((b.points3d[0] @ far[0][0].T + far[1][0])[:, 2] > 0).squeeze(1)[:30]
+    ghosts = project_normalized(b.points3d[:, front] @ far[0].mT + far[1][:, None]).repeat(1, 3, 1)
+    x = torch.cat([x2d, ghosts], 1)
+    m, n = x.shape[1], b.points3d.shape[1]
+    # The plan: every keypoint's top pair, the true ones and the ghosts' (which repeat 3D points).
+    P = torch.zeros(1, m, n)
+    truth = match_matrix(b.match, n)[0].float()
+    P[0, :60] = 0.5 * truth
+    P[0, 60 + torch.arange(90), front.repeat(3)] = 1.0
+    # The cost knows the true pairs; the one-to-one assignment cannot use a 3D point twice.
+    cost = torch.ones(1, m, n)
+    cost[0, :60] = 1.0 - truth
+    masks = torch.ones(1, m, dtype=torch.bool), b.mask3d
+    R, t = net._reference_or_ransac(P, x, b.points3d, *masks, far, cost)
+    assert rotation_error_deg(R, far[0]).item() < 1.0  # 90 ghost inliers against 60 true pairs
+    net.set_pose_stage(candidate_support="one_to_one")
+    R, t = net._reference_or_ransac(P, x, b.points3d, *masks, far, cost)
+    assert rotation_error_deg(R, b.R).item() < 1.0
+    with pytest.raises(ValueError, match="candidate_support"):
+        NetConfig(candidate_support="plan")
+
+
 def test_rematching_uses_the_previous_pose_as_the_reference_view():
     torch.manual_seed(0)
     cfg = dict(blocks=1, channels=16, feature_dim=16, knn=4, input3d="bearings", bearing_prior=10.0,

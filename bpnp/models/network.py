@@ -142,6 +142,8 @@ def topk_matches(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 INPUTS_3D = ("world", "bearings")
+# Pairs on which the pose stage's candidate initial poses count their inliers (NetConfig.candidate_support).
+CANDIDATE_SUPPORTS = ("top_pairs", "one_to_one")
 
 
 @dataclass
@@ -190,6 +192,10 @@ class NetConfig:
         hungarian_init: with ``reference_init``, a third candidate initial pose: OpenCV's RANSAC on
             the one-to-one (Hungarian) assignment of the cost, which holds up when few points are
             outliers, where the plan's top pairs repeat points.
+        candidate_support: with ``reference_init``, the pairs on which the candidate initial poses
+            count their inliers: ``"top_pairs"`` (the plan's top pairs) or ``"one_to_one"`` (the cost's
+            one-to-one assignment: a plan drawn towards a wrong reference view repeats that view's
+            points among its top pairs and so votes for it; a one-to-one set cannot).
     """
 
     feature_dim: int = 128
@@ -223,8 +229,13 @@ class NetConfig:
     bearing_prior: float | None = None
     rematch_passes: int = 0
     hungarian_init: bool = False
+    candidate_support: str = "top_pairs"
 
     def __post_init__(self) -> None:
+        if self.candidate_support not in CANDIDATE_SUPPORTS:
+            raise ValueError(
+                f"net.candidate_support must be one of {CANDIDATE_SUPPORTS}, got {self.candidate_support!r}"
+            )
         if self.bearing_prior is not None and (self.input3d != "bearings" or not self.bearing_prior > 0):
             raise ValueError("net.bearing_prior needs net.input3d='bearings' and a positive initial scale")
         if self.input3d not in INPUTS_3D:
@@ -244,7 +255,7 @@ MINIMAL_SAMPLE = 4
 POSE_STAGE_SETTINGS = (
     "use_pnp", "pnp_objective", "pnp_sparse_topk", "pnp_max_iter", "pnp_robust", "pnp_robust_scale",
     "ransac_init", "ransac_threshold", "ransac_iterations", "topk_factor", "reference_init",
-    "rematch_passes", "hungarian_init",
+    "rematch_passes", "hungarian_init", "candidate_support",
 )  # fmt: skip
 
 
@@ -444,30 +455,37 @@ class BlindPnPNet(nn.Module):
         ref: tuple[Tensor, Tensor],
         M: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Per sample, the candidate pose with most inliers among the top pairs of ``P`` (B, m, n):
-        RANSAC's on those pairs, the reference pose, and with ``hungarian_init`` RANSAC's on the
-        one-to-one assignment of the cost ``M``; RANSAC poses do not count their minimal sample (ties:
-        the reference)."""
+        """Per sample, the candidate pose with most inliers among the support pairs
+        (``candidate_support``: the top pairs of ``P`` (B, m, n), or the one-to-one assignment of the
+        cost ``M``): RANSAC's on the top pairs, the reference pose, and with ``hungarian_init`` RANSAC's
+        on the one-to-one assignment; RANSAC poses do not count their minimal sample (ties: the
+        reference)."""
         c = self.config
         ransac = weighted_pnp(
             x2d, points3d, P, max_iter=0, init=c.ransac_init, topk=self.topk(x2d.shape[1]),
             ransac_threshold=c.ransac_threshold, ransac_iterations=c.ransac_iterations,
             row_mask=mask2d, col_mask=mask3d,
         )  # fmt: skip
-        rows, cols, w = top_pairs(P.detach(), self.topk(x2d.shape[1]))
-        x = x2d.gather(1, rows[..., None].expand(-1, -1, 2))
-        X = points3d.gather(1, cols[..., None].expand(-1, -1, 3))
         Rs = [ref[0].to(P.dtype), ransac.R_init]
         ts = [ref[1].to(P.dtype), ransac.t_init]
         discount = [0.0, MINIMAL_SAMPLE]
-        if c.hungarian_init and M is not None:
+        one_to_one = c.hungarian_init or c.candidate_support == "one_to_one"
+        if one_to_one and M is not None:
             hr, hc, hw = one_to_one_pairs(M.detach(), mask2d, mask3d, c.cost_clip)
             xh = x2d.gather(1, hr[..., None].expand(-1, -1, 2))
             Xh = points3d.gather(1, hc[..., None].expand(-1, -1, 3))
-            Rh, th, _ = opencv_ransac(xh, Xh, hw.to(P.dtype), c.ransac_threshold, c.ransac_iterations)
+            hw = hw.to(P.dtype)
+        if c.hungarian_init and M is not None:
+            Rh, th, _ = opencv_ransac(xh, Xh, hw, c.ransac_threshold, c.ransac_iterations)
             Rs.append(Rh)
             ts.append(th)
             discount.append(MINIMAL_SAMPLE)
+        if c.candidate_support == "one_to_one" and M is not None:
+            x, X, w = xh, Xh, hw
+        else:
+            rows, cols, w = top_pairs(P.detach(), self.topk(x2d.shape[1]))
+            x = x2d.gather(1, rows[..., None].expand(-1, -1, 2))
+            X = points3d.gather(1, cols[..., None].expand(-1, -1, 3))
         score = score_poses(
             torch.stack(Rs, 1), torch.stack(ts, 1), x, X, (w > 0).to(P.dtype), c.ransac_threshold
         )
