@@ -27,7 +27,7 @@ from bpnp.geometry.view_search import canonical_image, dense_points, search_rota
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
 from bpnp.nodes.pnp.ransac import hungarian_pairs, opencv_ransac, score_poses, top_pairs
-from bpnp.nodes.sinkhorn_solver import SolverInfo
+from bpnp.nodes.sinkhorn import SolverInfo
 
 
 @dataclass

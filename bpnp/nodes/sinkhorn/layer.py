@@ -2,9 +2,9 @@
 
     P* = argmin_P <M, P> + (1/gamma) <P, log P>   s.t.  P 1 = r,  P^T 1 = c
 
-Forward: :func:`bpnp.nodes.sinkhorn_solver.solve_scaling` (stabilised multiplicative iterations with a
+Forward: :func:`bpnp.nodes.sinkhorn.solver.solve_scaling` (stabilised multiplicative iterations with a
 log-domain rescue). Backward: implicit differentiation of the optimality conditions
-(:mod:`bpnp.nodes.sinkhorn_backward`), so memory does not depend on the number of iterations; or,
+(:mod:`bpnp.nodes.sinkhorn.backward`), so memory does not depend on the number of iterations; or,
 for comparison, autograd through log-domain iterations (``backward="unroll"``).
 """
 
@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from bpnp.nodes.declarative import DeclarativeNode, declarative
-from bpnp.nodes.sinkhorn_backward import sinkhorn_vjp
-from bpnp.nodes.sinkhorn_solver import (
+from bpnp.nodes.sinkhorn.backward import sinkhorn_vjp
+from bpnp.nodes.sinkhorn.solver import (
     SolverInfo,
     scaled_span,
     shift_rows,
