@@ -39,7 +39,7 @@ from bpnp.evaluation.evaluate import evaluate_method
 from bpnp.evaluation.network_method import NetworkMethod, load_module
 from bpnp.metrics.errors import precision_at_true_count
 from bpnp.metrics.output import MethodOutput
-from bpnp.models import topk_matches
+from bpnp.models import exact_top_pairs
 from bpnp.models.pretrained import pretrained_name
 from bpnp.training.losses import inlier_mass
 
@@ -92,7 +92,7 @@ def plan_metrics(batch: Batch, plan: torch.Tensor) -> tuple[np.ndarray, np.ndarr
     m, n = batch.points2d.shape[1], batch.points3d.shape[1]
     P = plan[:, :m, :n]
     k = int((batch.match >= 0).sum(1).max())
-    rows, cols, scores = topk_matches(P, max(k, 1))
+    rows, cols, scores = exact_top_pairs(P, max(k, 1))
     precision = precision_at_true_count(torch.stack([rows, cols], -1), batch.match, scores)
     return inlier_mass(P, batch.match).double().numpy(), precision.numpy()
 

@@ -135,7 +135,7 @@ def _fmt(r: dict) -> str:
 def gradient_accuracy(B: int, m: int, dtype: torch.dtype) -> float:
     """Relative error of the fast backward against the exact one (Cholesky in float64 on the same plan)."""
     from bpnp.nodes import sinkhorn
-    from bpnp.nodes.sinkhorn_backward import sinkhorn_vjp
+    from bpnp.nodes.sinkhorn.backward import sinkhorn_vjp
 
     M = bpnpnet_like_costs(B, m, m, dtype, "cpu").requires_grad_()
     V = torch.randn(M.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)

@@ -1,5 +1,12 @@
+"""Fixtures shared by the tests: one intra-op thread, a scratch folder for training runs, and the
+environment of the subprocesses that run the real commands. Paths, the tiny-run overrides and the
+config builders are plain values and functions in ``training_utils.py``."""
+
+import os
+
 import pytest
 import torch
+from training_utils import ROOT
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,3 +27,23 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """A training test in a scratch folder (nothing lands in the repository even if a default path
+    slips through), with wandb off unless the test says otherwise. A module asks for it with
+    ``pytestmark = pytest.mark.usefixtures("isolated")``, which sets it up before the test's other
+    fixtures."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["bpnp"])
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment of a command run in a subprocess: the repository importable, no wandb, few threads."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env

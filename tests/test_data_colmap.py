@@ -9,14 +9,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 from scipy.spatial.transform import Rotation
+from training_utils import SCENES, STATUE
 
 from bpnp.data import ColmapDataset, build_dataset
 from bpnp.data.colmap import camera_intrinsics, split_models, top_covisible, undistort_pixels
 from bpnp.geometry import project_points
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-STATUE = SHARED / "colmap" / "statue_of_liberty"
-SCENES = SHARED / "colmap_scenes"
 needs_statue = pytest.mark.skipif(not (STATUE / "images.bin").is_file(), reason=f"{STATUE} not available")
 needs_scenes = pytest.mark.skipif(not (SCENES / "llff_room").is_dir(), reason=f"{SCENES} not available")
 

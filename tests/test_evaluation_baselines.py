@@ -81,7 +81,7 @@ def _cost_from_truth(batch: Batch) -> torch.Tensor:
 
 def test_features_hungarian_with_ideal_costs_matches_and_localises():
     batch = batch_of(synthetic(4))
-    out = HungarianMatcher(_cost_from_truth, top_k=200)(batch)
+    out = HungarianMatcher(_cost_from_truth, topk=200)(batch)
     assert out.valid.all()
     cols = problem_metrics(batch, out)
     # Every true pair is cheapest, so every one is found; the rest are outlier-to-outlier leftovers.

@@ -11,7 +11,7 @@ import cv2
 import pytest
 import pytorch_lightning as pl
 import torch
-from training_utils import TINY, checkpoint_callback, isolated, write_config
+from training_utils import TINY, checkpoint_callback, write_config
 
 from bpnp.cli.evaluate import evaluate_main, load_method_from_checkpoint
 from bpnp.cli.train import cli_main
@@ -23,11 +23,7 @@ DATA = ["--data.test_samples", "4", "--data.options", "{num_points: 32, max_rota
         "--data.num_workers", "0"]  # fmt: skip
 METHODS = ["bpnp", "bpnp (no PnP layer)", "features+hungarian", "oracle"]
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    with isolated(tmp_path, monkeypatch):
-        yield
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture

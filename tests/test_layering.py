@@ -2,7 +2,8 @@
 
     geometry -> nodes -> data, models -> metrics -> viz -> training -> evaluation -> cli
 
-Imports inside functions count as much as those at the top of a module.
+Imports inside functions count as much as those at the top of a module. And its functions are short:
+over ``MAX_LINES`` lines, one states why at its top (``LONG_BECAUSE``).
 """
 
 from __future__ import annotations
@@ -89,3 +90,72 @@ def test_the_checker_sees_upward_imports(tmp_path):
         "bpnp/geometry/bad.py:2 (geometry) imports bpnp.training (training)",
         "bpnp/viz/also.py:1 (viz) imports bpnp.evaluation (evaluation)",
     ]
+
+
+# A function longer than this (from its ``def`` line to its last line, docstring included) states why,
+# in a docstring line or a comment at the top of its body that starts with LONG_BECAUSE.
+MAX_LINES = 60
+LONG_BECAUSE = "Long because"
+# The PnP layer's initialisation (the RANSAC stage and weighted_pnp's init arguments) is being
+# reworked; its two long functions are split or annotated with that work.
+NOT_YET_CHECKED = {"bpnp/nodes/pnp/ransac.py:torch_ransac", "bpnp/nodes/pnp/layer.py:weighted_pnp"}
+
+
+def states_why_long(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> bool:
+    """A docstring line, or a comment before the first statement after the signature and docstring,
+    that starts with LONG_BECAUSE."""
+    doc = ast.get_docstring(node) or ""
+    if any(line.strip().startswith(LONG_BECAUSE) for line in doc.splitlines()):
+        return True
+    body = node.body
+    has_doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    start = body[0].end_lineno if has_doc and len(body) > 1 else node.lineno
+    first = body[1] if has_doc and len(body) > 1 else body[0]
+    return any(line.strip().startswith(f"# {LONG_BECAUSE}") for line in lines[start : first.lineno - 1])
+
+
+def long_functions(root: Path = ROOT) -> list[str]:
+    """``path:line name (N lines)`` of every function over MAX_LINES lines that does not say why."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        text = path.read_text()
+        lines = text.splitlines()
+        functions = [
+            n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
+        for node in sorted(functions, key=lambda n: n.lineno):
+            size = node.end_lineno - node.lineno + 1
+            if size <= MAX_LINES or f"{rel}:{node.name}" in NOT_YET_CHECKED or states_why_long(node, lines):
+                continue
+            found.append(f"{rel}:{node.lineno} {node.name} ({size} lines)")
+    return found
+
+
+def test_functions_are_short_or_say_why():
+    long = long_functions()
+    assert not long, (
+        f"functions over {MAX_LINES} lines: split them into named helpers, or start them with a docstring"
+        f" line or a comment '{LONG_BECAUSE} ...':\n" + "\n".join(long)
+    )
+
+
+def test_the_checker_sees_long_functions(tmp_path):
+    # a fake tree: a function of each kind, the long ones with MAX_LINES statements after the header
+    (tmp_path / "bpnp" / "nodes").mkdir(parents=True)
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    why = f"{LONG_BECAUSE} one pass over the plan."
+    functions = {
+        "short": "    return 1\n",
+        "silent": body,
+        "documented": f'    """Doc.\n\n    {why}\n    """\n' + body,
+        "commented": f"    # {why}\n" + body,
+        "commented_after_doc": f'    """Doc."""\n    # {why}\n' + body,
+        "reason_too_late": '    """Doc."""\n' + body + f"    # {why}\n    return 0\n",
+    }
+    source = "".join(f"def {name}():\n{text}\n\n" for name, text in functions.items())
+    source += "class Node:\n    def method(self):\n" + body.replace("    ", "        ")
+    (tmp_path / "bpnp" / "nodes" / "fake.py").write_text(source)
+    found = long_functions(tmp_path / "bpnp")
+    assert [f.split(" ")[1] for f in found] == ["silent", "reason_too_late", "method"], found
+    assert found[0] == f"bpnp/nodes/fake.py:5 silent ({MAX_LINES + 1} lines)"

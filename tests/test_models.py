@@ -10,9 +10,9 @@ from bpnp.models import (
     NetConfig,
     NetworkOutput,
     PointEncoder,
+    exact_top_pairs,
     masked_context_norm,
     normalise_cloud,
-    topk_matches,
 )
 from bpnp.training.losses import match_matrix
 
@@ -53,9 +53,9 @@ def test_normalise_cloud_centres_and_scales():
     assert (p[0, 3] == 0).all()
 
 
-def test_topk_matches_orders_scores():
+def test_exact_top_pairs_orders_scores():
     P = torch.tensor([[[0.1, 0.5], [0.3, 0.0]]])
-    rows, cols, scores = topk_matches(P, 3)
+    rows, cols, scores = exact_top_pairs(P, 3)
     assert rows.tolist() == [[0, 1, 0]] and cols.tolist() == [[1, 0, 0]]
     torch.testing.assert_close(scores, torch.tensor([[0.5, 0.3, 0.1]]))
 

@@ -11,7 +11,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 import torch
-from training_utils import ROOT, subprocess_env
+from training_utils import ROOT, SCENES, STATUE
 
 from bpnp import load_pretrained
 from bpnp.cli.predict import predict_main
@@ -74,7 +74,7 @@ def test_batch_mode_over_a_folder_of_problems(tmp_path, problem):
     assert json.loads(written[1].read_text())["num_points2d"] == 100
 
 
-def test_user_mistakes_are_one_line_with_status_2(tmp_path, problem):
+def test_user_mistakes_are_one_line_with_status_2(tmp_path, subprocess_env, problem):
     uv, X, K, _ = problem
     paths = write_problem(tmp_path / "p", uv, X, K)
     np.save(tmp_path / "transposed.npy", X.T)
@@ -87,7 +87,7 @@ def test_user_mistakes_are_one_line_with_status_2(tmp_path, problem):
     for expected, args in cases.items():
         proc = subprocess.run(
             [sys.executable, "-m", "bpnp.cli", "predict", *args, "--out", str(tmp_path / "r.json")],
-            env=subprocess_env(), capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            env=subprocess_env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
         )  # fmt: skip
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -139,9 +139,6 @@ def test_evaluate_accepts_the_shipped_network(tmp_path):
     assert rows[0].method == "bpnp" and rows[0].summary["num_problems"] == 2
 
 
-STATUE = ROOT.parent / "shared" / "data" / "colmap" / "statue_of_liberty"
-
-
 @pytest.mark.skipif(not STATUE.is_dir(), reason="needs ../shared/data")
 def test_predict_a_registered_image_of_a_colmap_model(tmp_path):
     image = "14522296402_8ba47a6b27_o.jpg"
@@ -179,9 +176,6 @@ def test_training_can_start_from_shipped_or_saved_weights(tmp_path):
         BlindPnPModule(net=NetConfig(blocks=2), init_from="pretrained:synthetic")
     with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
         BlindPnPModule(init_from=str(tmp_path / "nothing.ckpt"))
-
-
-SCENES = ROOT.parent / "shared" / "data" / "colmap_scenes"
 
 
 @pytest.mark.skipif(not (SCENES / "buzz_toy_shelf").is_dir(), reason="needs ../shared/data")

@@ -9,9 +9,7 @@ import subprocess
 
 import pytest
 import torch
-from training_utils import ROOT, SHARED_DATA
-
-SCENES = SHARED_DATA / "colmap_scenes"
+from training_utils import ROOT, SCENES
 
 
 @pytest.mark.skipif(not (SCENES / "llff_room").is_dir(), reason=f"{SCENES} not available")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bpnp.nodes import Sinkhorn, sinkhorn
-from bpnp.nodes.sinkhorn_backward import sinkhorn_vjp
+from bpnp.nodes.sinkhorn.backward import sinkhorn_vjp
 
 DT = torch.float64
 
@@ -51,7 +51,7 @@ def test_marginals_are_normalised_and_uniform_by_default():
 
 
 def test_tol_zero_runs_exactly_max_iter():
-    from bpnp.nodes.sinkhorn_solver import solve_scaling
+    from bpnp.nodes.sinkhorn.solver import solve_scaling
 
     M, r, c = random_problem(2, 5, 6)
     _, info = solve_scaling(10 * M, r, c, max_iter=37, tol=0.0)
@@ -61,7 +61,7 @@ def test_tol_zero_runs_exactly_max_iter():
 
 
 def test_per_sample_convergence():
-    from bpnp.nodes.sinkhorn_solver import solve_scaling
+    from bpnp.nodes.sinkhorn.solver import solve_scaling
 
     M, r, c = random_problem(2, 20, 20)
     M[1] *= 20  # much sharper plan: converges more slowly

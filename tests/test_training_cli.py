@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import yaml
-from training_utils import CONFIGS, ROOT, SHARED_DATA, STATUE, TINY, isolated, write_config
+from training_utils import CONFIGS, ROOT, SHARED_DATA, STATUE, TINY, write_config
 
 from bpnp.cli.train import cli_main
 from bpnp.data import BlindPnPDataModule
@@ -18,11 +18,7 @@ DATA_CONFIGS = ["synthetic", "synthetic_full", "modelnet40", "megadepth", "nyu",
 SOURCES = {"synthetic": "synthetic", "synthetic_full": "synthetic", "modelnet40": "modelnet40",
            "megadepth": "colmap", "nyu": "rgbd", "bpnpnet_archive": "bpnpnet_archive"}  # fmt: skip
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    with isolated(tmp_path, monkeypatch):
-        yield
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def printed_config(capsys, *args: str) -> dict:

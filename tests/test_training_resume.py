@@ -11,27 +11,24 @@ import time
 import pytest
 import pytorch_lightning as pl
 import torch
-from training_utils import (
-    TINY,
-    adam_steps,
-    checkpoint_callback,
-    isolated,
-    load_checkpoint,
-    subprocess_env,
-    train_command,
-    write_config,
-)
+from training_utils import TINY, checkpoint_callback, train_command, write_config
 
 from bpnp.cli.train import cli_main
 
 # 16 training problems in batches of 4: an epoch is 4 steps.
 STEPS_PER_EPOCH = 4
 
+pytestmark = pytest.mark.usefixtures("isolated")
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    with isolated(tmp_path, monkeypatch):
-        yield
+
+def load_checkpoint(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def adam_steps(checkpoint: dict) -> set[int]:
+    """The distinct per-parameter step counts stored in the checkpoint's Adam state."""
+    state = checkpoint["optimizer_states"][0]["state"]
+    return {int(s["step"]) for s in state.values()}
 
 
 class StopAt(pl.Callback):
@@ -95,7 +92,7 @@ def test_resume_from_last_continues_and_matches_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path, subprocess_env):
     run_dir = tmp_path / "killed"
     last = run_dir / "ckpt" / "last.ckpt"
     cfg = write_config(
@@ -104,7 +101,7 @@ def test_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     )  # fmt: skip
     log = tmp_path / "killed.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(train_command("fit", "--config", str(cfg), *TINY), env=subprocess_env(),
+        proc = subprocess.Popen(train_command("fit", "--config", str(cfg), *TINY), env=subprocess_env,
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + 180

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from training_utils import ROOT, SHARED_DATA, subprocess_env
+from training_utils import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow  # trains and evaluates through the real commands
 
@@ -23,7 +23,7 @@ def commands() -> list[str]:
     return [c.strip() for block in blocks for c in block.replace("\\\n", " ").splitlines() if c.strip()]
 
 
-def test_the_tutorial_runs_as_written():
+def test_the_tutorial_runs_as_written(subprocess_env):
     out = ROOT / "outputs" / "tutorial"
     shutil.rmtree(out, ignore_errors=True)
     cmds = commands()
@@ -32,7 +32,7 @@ def test_the_tutorial_runs_as_written():
         if "../shared/data" in cmd and not SHARED_DATA.is_dir():
             continue  # the shared COLMAP model is not there
         args = shlex.split(cmd)[1:]
-        proc = subprocess.run([sys.executable, "-m", "bpnp.cli", *args], cwd=ROOT, env=subprocess_env(),
+        proc = subprocess.run([sys.executable, "-m", "bpnp.cli", *args], cwd=ROOT, env=subprocess_env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-3000:]}"
     assert (out / "example" / "pose.json").is_file()

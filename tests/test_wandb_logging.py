@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from training_utils import TINY, isolated, write_config
+from training_utils import TINY, write_config
 
 from bpnp.cli.train import cli_main
 from bpnp.training.callbacks import ValidationImages
@@ -23,23 +23,22 @@ BLOCK = 32768  # the run file is a LevelDB-style log of 32 KiB blocks
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    with isolated(tmp_path, monkeypatch):
-        # wandb's own caches and settings stay in the test folder as well
-        for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-            monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
-        monkeypatch.setenv("WANDB_SILENT", "true")
-        # 3D pictures through matplotlib: a second Open3D offscreen renderer in the test process (the
-        # viz tests hold one) makes Filament abort the interpreter at exit.
-        monkeypatch.setenv("BPNP_RENDER_BACKEND", "matplotlib")
-        monkeypatch.delenv("WANDB_DIR", raising=False)
-        # A run another test left open (e.g. a disabled one) would be reused by WandbLogger.
-        wandb.finish()
-        wandb.teardown()
-        yield
-        # wandb reads WANDB_MODE once per process: reset it so the next test's mode applies
-        wandb.finish()
-        wandb.teardown()
+def _isolated(isolated, tmp_path, monkeypatch):
+    # wandb's own caches and settings stay in the test folder as well
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    # 3D pictures through matplotlib: a second Open3D offscreen renderer in the test process (the
+    # viz tests hold one) makes Filament abort the interpreter at exit.
+    monkeypatch.setenv("BPNP_RENDER_BACKEND", "matplotlib")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    # A run another test left open (e.g. a disabled one) would be reused by WandbLogger.
+    wandb.finish()
+    wandb.teardown()
+    yield
+    # wandb reads WANDB_MODE once per process: reset it so the next test's mode applies
+    wandb.finish()
+    wandb.teardown()
 
 
 def run_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:

@@ -1,21 +1,24 @@
-"""Shared settings of the training tests: tiny problems and networks through the real command line."""
+"""Values and builders the tests share: paths, the tiny-run overrides and trainer configs.
+
+They stay plain module-level names rather than fixtures: the paths decide ``skipif`` marks and
+module constants at collection time, where no fixture exists, and the builders are pure functions
+(arguments in, a dict or a file out) that test modules also call from their own helpers. What needs
+a test's state (its folder, the environment) is a fixture in ``conftest.py``.
+"""
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 STATUE = SHARED_DATA / "colmap" / "statue_of_liberty"
+SCENES = SHARED_DATA / "colmap_scenes"
 
 # 32 points, one residual block, 4-problem batches: a training step in well under a second.
 TINY = [
@@ -28,17 +31,6 @@ TINY = [
     "--model.net.blocks", "1",
     "--model.net.ransac_iterations", "50",
 ]  # fmt: skip
-
-
-@contextmanager
-def isolated(tmp_path: Path, monkeypatch) -> Iterator[None]:
-    """Run a training test in a scratch folder (nothing lands in the repository even if a default
-    path slips through), with wandb off unless the test says otherwise (conftest.py keeps one
-    intra-op thread for the whole session)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["bpnp"])
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    yield
 
 
 def checkpoint_callback(dirpath: Path, every_n_train_steps: int | None = None) -> dict[str, Any]:
@@ -76,23 +68,6 @@ def csv_logger(save_dir: Path) -> dict[str, Any]:
     return {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(save_dir)}}
 
 
-def subprocess_env() -> dict[str, str]:
-    """Environment of a training subprocess: the repository importable, no wandb, few threads."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
 def train_command(*args: str) -> list[str]:
+    """``python scripts/train.py ARGS``: the training script as a subprocess runs it."""
     return [sys.executable, str(ROOT / "scripts" / "train.py"), *args]
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def adam_steps(checkpoint: dict[str, Any]) -> set[int]:
-    """The distinct per-parameter step counts stored in the checkpoint's Adam state."""
-    state = checkpoint["optimizer_states"][0]["state"]
-    return {int(s["step"]) for s in state.values()}

@@ -158,18 +158,8 @@ def _indices(data: dict[str, list], i: int, folder: Path, need: int, top: int) -
     return w
 
 
-def sample_arrays(
-    data: dict[str, list], i: int, folder: Path, w_gt_per_2d: bool, max_reprojection: float | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``points2d (m, 2)``, ``points3d (n, 3)``, ``match (m,)``, ``R (3, 3)`` and ``t (3,)`` of
-    archive sample ``i``, after checking it (see the module docstring).
-
-    Raises:
-        ValueError: naming the file of the faulty field, the sample index and what was expected.
-    """
-    m, n = _count(data, "num_points_2d", i, folder), _count(data, "num_points_3d", i, folder)
-    p2, rows2 = _points(data, "p2d", 2, m, i, folder)
-    p3, rows3 = _points(data, "p3d", 3, n, i, folder)
+def _pose(data: dict[str, list], i: int, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``R_gt`` (3, 3), a rotation, and ``t_gt`` (3,) of sample ``i``, finite."""
     R = _numeric(data["R_gt"][i])
     if R.shape != (3, 3) or not np.isfinite(R).all():
         _fail(
@@ -189,7 +179,14 @@ def sample_arrays(
     t = _numeric(data["t_gt"][i])
     if t.shape not in ((3,), (3, 1), (1, 3)) or not np.isfinite(t).all():
         _fail(folder, "t_gt", i, f"t_gt is {_array(data['t_gt'][i]).shape}, expected finite (3,) or (3, 1)")
-    t = t.reshape(3).astype(np.float64)
+    return R, t.reshape(3).astype(np.float64)
+
+
+def _match(
+    data: dict[str, list], i: int, folder: Path, m: int, n: int, rows2: int, rows3: int, w_gt_per_2d: bool
+) -> np.ndarray:
+    """``match`` (m,): the 3D partner of each 2D point (-1 for none), from ``W_gt`` indexed by 3D point
+    (or by 2D point with ``w_gt_per_2d``), each point in one pair at most."""
     if w_gt_per_2d:
         w = _indices(data, i, folder, m, rows3)
         match = np.where(w < n, w, -1)
@@ -208,21 +205,48 @@ def sample_arrays(
             i,
             f"W_gt pairs {side} point {twice} twice, expected each point in one pair at most",
         )
+    return match
+
+
+def _check_fit(
+    p2: np.ndarray, p3: np.ndarray, match: np.ndarray, R: np.ndarray, t: np.ndarray, i: int, folder: Path,
+    max_reprojection: float,
+) -> None:  # fmt: skip
+    """The pose fits the pairs: their median reprojection error is at most ``max_reprojection``."""
     pairs = match >= 0
-    if max_reprojection is not None and pairs.any():
-        xc = p3[match[pairs]] @ R.T + t
-        z = xc[:, 2]
-        err = np.where(
-            z > 0, np.linalg.norm(xc[:, :2] / np.where(z > 0, z, 1.0)[:, None] - p2[pairs], axis=1), np.inf
-        )
-        median = float(np.median(err))
-        if not median <= max_reprojection:
-            _fail(
-                folder, "R_gt", i,
-                f"the pose (R_gt, t_gt) does not fit the pairs: median reprojection error {median:.3g}"
-                f" (normalised units), expected <= max_reprojection = {max_reprojection} (R_gt transposed,"
-                " or p2d / p3d rows out of order?)",
-            )  # fmt: skip
+    if not pairs.any():
+        return
+    xc = p3[match[pairs]] @ R.T + t
+    z = xc[:, 2]
+    err = np.where(
+        z > 0, np.linalg.norm(xc[:, :2] / np.where(z > 0, z, 1.0)[:, None] - p2[pairs], axis=1), np.inf
+    )
+    median = float(np.median(err))
+    if not median <= max_reprojection:
+        _fail(
+            folder, "R_gt", i,
+            f"the pose (R_gt, t_gt) does not fit the pairs: median reprojection error {median:.3g}"
+            f" (normalised units), expected <= max_reprojection = {max_reprojection} (R_gt transposed,"
+            " or p2d / p3d rows out of order?)",
+        )  # fmt: skip
+
+
+def sample_arrays(
+    data: dict[str, list], i: int, folder: Path, w_gt_per_2d: bool, max_reprojection: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``points2d (m, 2)``, ``points3d (n, 3)``, ``match (m,)``, ``R (3, 3)`` and ``t (3,)`` of
+    archive sample ``i``, after checking it (see the module docstring).
+
+    Raises:
+        ValueError: naming the file of the faulty field, the sample index and what was expected.
+    """
+    m, n = _count(data, "num_points_2d", i, folder), _count(data, "num_points_3d", i, folder)
+    p2, rows2 = _points(data, "p2d", 2, m, i, folder)
+    p3, rows3 = _points(data, "p3d", 3, n, i, folder)
+    R, t = _pose(data, i, folder)
+    match = _match(data, i, folder, m, n, rows2, rows3, w_gt_per_2d)
+    if max_reprojection is not None:
+        _check_fit(p2, p3, match, R, t, i, folder, max_reprojection)
     return p2, p3, match, R, t
 
 

@@ -228,31 +228,8 @@ class RGBDDataset(CorrespondenceDataset):
         self.depth_key = depth_key
         if split_by not in SPLIT_BY:
             raise ValueError(f"split_by {split_by!r}: expected one of {SPLIT_BY}")
-        if self.is_mat:
-            n, mat_scenes = self._open_mat_layout()
-            frames: list = list(range(n))
-            self.intrinsics = tuple(intrinsics) if intrinsics else NYU_INTRINSICS
-            if mat_scenes is None and split_by == "scene" and split != "all":
-                raise ValueError(
-                    f"no 'scenes' in NYU file {self.root}: a split by scene needs each frame's scene;"
-                    " pass split_by='frame' to split the frames instead"
-                )
-            scenes = mat_scenes or [self.root.stem] * n
-        else:
-            frames = pair_folder(self.root)
-            self.intrinsics = tuple(intrinsics) if intrinsics else read_intrinsics(self.root)
-            scenes = [scene_of_name(c.name) or self.root.name for c, _ in frames]
-        if split_by == "frame":
-            chosen = split_items(len(frames), split, seed, val_fraction, test_fraction).tolist()
-        else:
-            rooms = [room_of(name) for name in scenes]
-            keep = set(
-                split_groups(
-                    rooms, split, seed, val_fraction, test_fraction, where=f"RGB-D source {self.root}",
-                    instead="split_by='frame' (frames split inside each scene)",
-                )
-            )  # fmt: skip
-            chosen = [i for i, room in enumerate(rooms) if room in keep]
+        frames, scenes, self.intrinsics = self._frames(intrinsics, split, split_by)
+        chosen = self._split(scenes, split, split_by, seed, val_fraction, test_fraction)
         self.frames = [frames[i] for i in chosen]
         self.frame_scenes = [scenes[i] for i in chosen]
         self.num_points = num_points
@@ -262,6 +239,45 @@ class RGBDDataset(CorrespondenceDataset):
         self.noise_px = noise_px
         self._h5: tuple[int, h5py.File] | None = None
         self._valid: dict[int, tuple[np.ndarray, np.ndarray, tuple[int, int]]] = {}
+
+    def _frames(
+        self, intrinsics: tuple[float, float, float, float] | None, split: str, split_by: str
+    ) -> tuple[list, list[str], tuple[float, float, float, float]]:
+        """Every frame of the source (an index into the ``.mat`` file, or a colour / depth pair), its
+        scene, and the intrinsics (given, the folder's, or NYU's)."""
+        if not self.is_mat:
+            frames = pair_folder(self.root)
+            intr = tuple(intrinsics) if intrinsics else read_intrinsics(self.root)
+            return frames, [scene_of_name(c.name) or self.root.name for c, _ in frames], intr
+        n, mat_scenes = self._open_mat_layout()
+        intr = tuple(intrinsics) if intrinsics else NYU_INTRINSICS
+        if mat_scenes is None and split_by == "scene" and split != "all":
+            raise ValueError(
+                f"no 'scenes' in NYU file {self.root}: a split by scene needs each frame's scene;"
+                " pass split_by='frame' to split the frames instead"
+            )
+        return list(range(n)), mat_scenes or [self.root.stem] * n, intr
+
+    def _split(
+        self,
+        scenes: list[str],
+        split: str,
+        split_by: str,
+        seed: int,
+        val_fraction: float,
+        test_fraction: float,
+    ) -> list[int]:
+        """Indices of the frames in ``split``: frames partitioned, or whole rooms (``split_by="scene"``)."""
+        if split_by == "frame":
+            return split_items(len(scenes), split, seed, val_fraction, test_fraction).tolist()
+        rooms = [room_of(name) for name in scenes]
+        keep = set(
+            split_groups(
+                rooms, split, seed, val_fraction, test_fraction, where=f"RGB-D source {self.root}",
+                instead="split_by='frame' (frames split inside each scene)",
+            )
+        )  # fmt: skip
+        return [i for i, room in enumerate(rooms) if room in keep]
 
     def __getstate__(self) -> dict:
         # An open HDF5 handle cannot be pickled (spawned workers); each process reopens its own.

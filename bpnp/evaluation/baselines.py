@@ -53,7 +53,7 @@ class RansacConfig:
 
 
 @dataclass
-class PnPResult:
+class RansacPose:
     """One problem's RANSAC outcome: ``R`` (3, 3), ``t`` (3,), ``inliers`` (k,) bool over the input pairs."""
 
     R: np.ndarray
@@ -63,7 +63,7 @@ class PnPResult:
 
 def ransac_pnp(
     points3d: np.ndarray, points2d: np.ndarray, K: np.ndarray, cfg: RansacConfig
-) -> PnPResult | None:
+) -> RansacPose | None:
     """PnP-RANSAC on paired points, refined by Levenberg-Marquardt on the inliers.
 
     Args:
@@ -96,10 +96,10 @@ def ransac_pnp(
     if cfg.refine:
         rvec, tvec = cv2.solvePnPRefineLM(X[inliers], x[inliers], Kd, None, rvec, tvec)
     R, _ = cv2.Rodrigues(rvec)
-    return PnPResult(R=R, t=tvec.reshape(3), inliers=inliers)
+    return RansacPose(R=R, t=tvec.reshape(3), inliers=inliers)
 
 
-def _pose_tensors(results: list[PnPResult | None], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _pose_tensors(results: list[RansacPose | None], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Stack per-problem results into R (B, 3, 3), t (B, 3), valid (B,); failures get identity / 0."""
     B = len(results)
     R = torch.eye(3, dtype=like.dtype).repeat(B, 1, 1)
@@ -199,9 +199,9 @@ class RandomBaseline:
         self.ransac = ransac or RansacConfig(iterations=50)
         self.rng = np.random.default_rng(seed)
 
-    def _solve(self, uv: np.ndarray, X: np.ndarray, K: np.ndarray) -> tuple[PnPResult | None, np.ndarray]:
+    def _solve(self, uv: np.ndarray, X: np.ndarray, K: np.ndarray) -> tuple[RansacPose | None, np.ndarray]:
         k = min(uv.shape[0], X.shape[0], self.max_pairs)
-        best: PnPResult | None = None
+        best: RansacPose | None = None
         best_pairs = np.zeros((0, 2), dtype=np.int64)
         budget = DEFAULT_BUDGET_MS if self.budget_ms is None else self.budget_ms
         deadline = time.perf_counter() + budget / 1000.0
@@ -224,7 +224,7 @@ class HungarianMatcher:
     Args:
         cost_fn: batch -> (B, M, N) costs (padded like the batch; only the real block is used),
             e.g. the distance ``||f_i - g_j||`` between a network's unit features.
-        top_k: keep the k cheapest assigned pairs (None keeps all).
+        topk: keep the k cheapest assigned pairs (None keeps all).
         max_cost: drop pairs costlier than this.
         name: row label in reports.
     """
@@ -232,13 +232,13 @@ class HungarianMatcher:
     def __init__(
         self,
         cost_fn: Callable[[Batch], Tensor],
-        top_k: int | None = None,
+        topk: int | None = None,
         max_cost: float | None = None,
         ransac: RansacConfig | None = None,
         name: str = "features+hungarian",
     ) -> None:
         self.cost_fn = cost_fn
-        self.top_k = top_k
+        self.topk = topk
         self.max_cost = max_cost
         self.ransac = ransac or RansacConfig()
         self.name = name
@@ -250,8 +250,8 @@ class HungarianMatcher:
         for b in range(len(batch)):
             uv, X, K, _ = _problem_arrays(batch, b)
             p, c = hungarian_pairs(cost[b, : uv.shape[0], : X.shape[0]], self.max_cost)
-            if self.top_k is not None:
-                p, c = p[: self.top_k], c[: self.top_k]
+            if self.topk is not None:
+                p, c = p[: self.topk], c[: self.topk]
             results.append(ransac_pnp(X[p[:, 1]], uv[p[:, 0]], K, self.ransac))
             pairs.append(p)
             scores.append(-c)

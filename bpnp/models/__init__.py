@@ -1,7 +1,7 @@
 """Encoders, cost head and the blind-PnP network."""
 
 from bpnp.models.encoders import CrossAttention, PointEncoder, masked_context_norm
-from bpnp.models.network import BlindPnPNet, NetConfig, NetworkOutput, normalise_cloud, topk_matches
+from bpnp.models.network import BlindPnPNet, NetConfig, NetworkOutput, exact_top_pairs, normalise_cloud
 from bpnp.models.pretrained import PRETRAINED, load_pretrained
 
 __all__ = [
@@ -11,8 +11,8 @@ __all__ = [
     "NetworkOutput",
     "PRETRAINED",
     "PointEncoder",
+    "exact_top_pairs",
     "load_pretrained",
     "masked_context_norm",
     "normalise_cloud",
-    "topk_matches",
 ]

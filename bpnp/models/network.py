@@ -27,7 +27,7 @@ from bpnp.geometry.view_search import canonical_image, dense_points, search_rota
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
 from bpnp.nodes.pnp.ransac import hungarian_pairs, opencv_ransac, score_poses, top_pairs
-from bpnp.nodes.sinkhorn_solver import SolverInfo
+from bpnp.nodes.sinkhorn import SolverInfo
 
 
 @dataclass
@@ -129,8 +129,8 @@ def one_to_one_pairs(
     return rows.to(dev), cols.to(dev), w.to(dev)
 
 
-def topk_matches(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``k`` largest entries of each plan.
+def exact_top_pairs(P: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` largest entries of each plan: :func:`top_pairs` with every row's candidates kept.
 
     Args:
         P: (B, m, n).
@@ -293,6 +293,7 @@ class BlindPnPNet(nn.Module):
         self.config = dataclasses.replace(self.config, **settings)
 
     def topk(self, m: int) -> int:
+        """Pairs of the plan handed to RANSAC (and reported as matches) for ``m`` 2D points."""
         return max(4, min(1000, int(self.config.topk_factor * m)))
 
     def features(
@@ -572,7 +573,7 @@ class BlindPnPNet(nn.Module):
             out = self(points2d, points3d, K, mask2d, mask3d, ref=ref)
         finally:
             self.train(was_training)
-        rows, cols, scores = topk_matches(out.P, topk or self.topk(points2d.shape[1]))
+        rows, cols, scores = exact_top_pairs(out.P, topk or self.topk(points2d.shape[1]))
         res = {
             "R": out.R,
             "t": out.t,

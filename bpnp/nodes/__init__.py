@@ -2,6 +2,9 @@
 differentiation. Plain torch; no Lightning."""
 
 from bpnp.nodes.pnp import PnPResult, weighted_pnp
+
+# ``bpnp.nodes.sinkhorn`` is the function, not the subpackage of the same name: reach the subpackage's
+# modules with ``from bpnp.nodes.sinkhorn.solver import ...`` (from-imports look the module up by name).
 from bpnp.nodes.sinkhorn import Sinkhorn, sinkhorn
 
 __all__ = ["PnPResult", "Sinkhorn", "sinkhorn", "weighted_pnp"]

@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 from bpnp.data.sample import Batch
 from bpnp.geometry.view_search import perturb_rotation
 from bpnp.metrics import MethodOutput, PoseMetrics
-from bpnp.models import BlindPnPNet, NetConfig, NetworkOutput, topk_matches
+from bpnp.models import BlindPnPNet, NetConfig, NetworkOutput, exact_top_pairs
 from bpnp.models.pretrained import network_weights
 from bpnp.training.losses import (
     correspondence_loss,
@@ -153,7 +153,7 @@ class BlindPnPModule(pl.LightningModule):
     ) -> MethodOutput:
         """The network's answer in the evaluation package's format (``with_plan=False``: without the
         (B, m + 1, n + 1) plan, which the metrics do not need)."""
-        rows, cols, scores = topk_matches(out.P.detach(), topk or self.net.topk(out.P.shape[1]))
+        rows, cols, scores = exact_top_pairs(out.P.detach(), topk or self.net.topk(out.P.shape[1]))
         # Samples the PnP layer flags degenerate still have the RANSAC pose: a failure only if not finite.
         posed = torch.isfinite(out.R).all((-1, -2)) & torch.isfinite(out.t).all(-1)
         return MethodOutput(

@@ -217,59 +217,80 @@ def derivatives(
         ``(f (B,), grad (B, 6), H (B, 6, 6), depth (B, N))`` with depth the camera-frame z.
     """
     Y = R @ problem.points.transpose(-1, -2)  # (B, 3, N)
+    X = (Y + t[..., None]).unbind(1)
+    terms = _angular_terms if problem.objective == "angular" else _reprojection_terms
+    e, grad, H = terms(problem, Y, X, exact)
+    f = problem.const + (problem.weight * robust_rho(e, problem.robust, problem.scale_sq)).sum(-1)
+    return f, grad, 0.5 * (H + H.transpose(-1, -2)), X[2]
+
+
+def _angular_terms(
+    problem: PairedProblem, Y: Tensor, X: Planes, exact: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Errors ``e = 1 - b . q``, ``q = X / |X|`` (B, N), gradient (B, 6) and Hessian (B, 6, 6), not yet
+    symmetrised, of the angular objective; ``Y`` (B, 3, N) the rotated points, ``X`` the camera points."""
     y = Y.unbind(1)
-    X0, X1, X2 = (Y + t[..., None]).unbind(1)
+    X0, X1, X2 = X
     w = problem.weight
     tgt = problem.target.unbind(-1)
     tiny = torch.finfo(Y.dtype).tiny
-    if problem.objective == "angular":
-        n2 = (X0 * X0 + X1 * X1 + X2 * X2).clamp_min(tiny)
-        inv_n = n2.rsqrt()
-        q = (X0 * inv_n, X1 * inv_n, X2 * inv_n)
-        beta = tgt[0] * q[0] + tgt[1] * q[1] + tgt[2] * q[2]
-        e = 1.0 - beta
-        d = tuple(b_i - beta * q_i for b_i, q_i in zip(tgt, q, strict=True))  # -|X| de/dX
-        w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
-        u_q, u_d = _lift(y, q), _lift(y, d)
-        grad = -(u_d * (w1 * inv_n)[:, None, :]).sum(-1)
-        a = w1 / n2
-        if not exact:
-            H = _dtd_sum(Y, a) - _outer_sum(u_q, u_q, a)
-        else:
-            # He = [b q^T + q b^T + beta (I - 3 q q^T)] / |X|^2
-            ubq = _outer_sum(_lift(y, tgt), u_q, a)
-            H = ubq + ubq.transpose(-1, -2) - _outer_sum(u_q, u_q, 3.0 * a * beta) + _dtd_sum(Y, a * beta)
-            H = H + _rotation_curvature(Y, tuple(-d_i * inv_n for d_i in d), w1)
-            if problem.robust is not None:
-                w2 = w * robust_second(e, problem.robust, problem.scale_sq)
-                H = H + _outer_sum(u_d, u_d, w2 / n2)
-    else:
-        inv_z = 1.0 / torch.where(X2 != 0, X2, torch.ones_like(X2))
-        pi0, pi1 = X0 * inv_z, X1 * inv_z
-        r0, r1 = pi0 - tgt[0], pi1 - tgt[1]
-        e = r0 * r0 + r1 * r1
-        w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
-        zero = torch.zeros_like(X2)
-        J0 = _lift(y, (inv_z, zero, -pi0 * inv_z))  # d pi_0 / d delta
-        J1 = _lift(y, (zero, inv_z, -pi1 * inv_z))
-        rp = r0 * pi0 + r1 * pi1
-        lam = (2.0 * r0 * inv_z, 2.0 * r1 * inv_z, -2.0 * rp * inv_z)  # de/dX
-        u_l = _lift(y, lam)
-        grad = (u_l * w1[:, None, :]).sum(-1)
-        H = _outer_sum(J0, J0, 2.0 * w1) + _outer_sum(J1, J1, 2.0 * w1)
-        if exact:
-            # second derivatives of pi: d2pi_i/dX_i dz = -1/z^2, d2pi_i/dz2 = 2 pi_i / z^2
-            inv_z2 = inv_z * inv_z
-            c = (-r0 * inv_z2, -r1 * inv_z2, 2.0 * rp * inv_z2)
-            u_z = _lift(y, (zero, zero, torch.ones_like(X2)))
-            uzc = _outer_sum(u_z, _lift(y, c), 2.0 * w1)
-            H = H + uzc + uzc.transpose(-1, -2) - _outer_sum(u_z, u_z, 2.0 * w1 * c[2])
-            H = H + _rotation_curvature(Y, lam, w1)
-            if problem.robust is not None:
-                w2 = w * robust_second(e, problem.robust, problem.scale_sq)
-                H = H + _outer_sum(u_l, u_l, w2)
-    f = problem.const + (w * robust_rho(e, problem.robust, problem.scale_sq)).sum(-1)
-    return f, grad, 0.5 * (H + H.transpose(-1, -2)), X2
+    n2 = (X0 * X0 + X1 * X1 + X2 * X2).clamp_min(tiny)
+    inv_n = n2.rsqrt()
+    q = (X0 * inv_n, X1 * inv_n, X2 * inv_n)
+    beta = tgt[0] * q[0] + tgt[1] * q[1] + tgt[2] * q[2]
+    e = 1.0 - beta
+    d = tuple(b_i - beta * q_i for b_i, q_i in zip(tgt, q, strict=True))  # -|X| de/dX
+    w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
+    u_q, u_d = _lift(y, q), _lift(y, d)
+    grad = -(u_d * (w1 * inv_n)[:, None, :]).sum(-1)
+    a = w1 / n2
+    if not exact:
+        return e, grad, _dtd_sum(Y, a) - _outer_sum(u_q, u_q, a)
+    # He = [b q^T + q b^T + beta (I - 3 q q^T)] / |X|^2
+    ubq = _outer_sum(_lift(y, tgt), u_q, a)
+    H = ubq + ubq.transpose(-1, -2) - _outer_sum(u_q, u_q, 3.0 * a * beta) + _dtd_sum(Y, a * beta)
+    H = H + _rotation_curvature(Y, tuple(-d_i * inv_n for d_i in d), w1)
+    if problem.robust is not None:
+        w2 = w * robust_second(e, problem.robust, problem.scale_sq)
+        H = H + _outer_sum(u_d, u_d, w2 / n2)
+    return e, grad, H
+
+
+def _reprojection_terms(
+    problem: PairedProblem, Y: Tensor, X: Planes, exact: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Errors ``e = |pi(X) - x|^2`` (B, N), gradient (B, 6) and Hessian (B, 6, 6), not yet
+    symmetrised, of the reprojection objective; arguments as in :func:`_angular_terms`."""
+    y = Y.unbind(1)
+    X0, X1, X2 = X
+    w = problem.weight
+    tgt = problem.target.unbind(-1)
+    inv_z = 1.0 / torch.where(X2 != 0, X2, torch.ones_like(X2))
+    pi0, pi1 = X0 * inv_z, X1 * inv_z
+    r0, r1 = pi0 - tgt[0], pi1 - tgt[1]
+    e = r0 * r0 + r1 * r1
+    w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
+    zero = torch.zeros_like(X2)
+    J0 = _lift(y, (inv_z, zero, -pi0 * inv_z))  # d pi_0 / d delta
+    J1 = _lift(y, (zero, inv_z, -pi1 * inv_z))
+    rp = r0 * pi0 + r1 * pi1
+    lam = (2.0 * r0 * inv_z, 2.0 * r1 * inv_z, -2.0 * rp * inv_z)  # de/dX
+    u_l = _lift(y, lam)
+    grad = (u_l * w1[:, None, :]).sum(-1)
+    H = _outer_sum(J0, J0, 2.0 * w1) + _outer_sum(J1, J1, 2.0 * w1)
+    if not exact:
+        return e, grad, H
+    # second derivatives of pi: d2pi_i/dX_i dz = -1/z^2, d2pi_i/dz2 = 2 pi_i / z^2
+    inv_z2 = inv_z * inv_z
+    c = (-r0 * inv_z2, -r1 * inv_z2, 2.0 * rp * inv_z2)
+    u_z = _lift(y, (zero, zero, torch.ones_like(X2)))
+    uzc = _outer_sum(u_z, _lift(y, c), 2.0 * w1)
+    H = H + uzc + uzc.transpose(-1, -2) - _outer_sum(u_z, u_z, 2.0 * w1 * c[2])
+    H = H + _rotation_curvature(Y, lam, w1)
+    if problem.robust is not None:
+        w2 = w * robust_second(e, problem.robust, problem.scale_sq)
+        H = H + _outer_sum(u_l, u_l, w2)
+    return e, grad, H
 
 
 def dense_features(objective: str, x2d: Tensor) -> Tensor:

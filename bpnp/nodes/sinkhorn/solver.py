@@ -135,6 +135,33 @@ class _ScalingState:
             v = c / torch.bmm(u[:, None, :], K).squeeze(1).clamp_min(tiny)
         self.u, self.v = u, v
 
+    def stabilised_iterate(self, steps: int) -> None:
+        """:meth:`iterate`, then scalings past ``_ABSORB_LOG`` folded into the potentials, and the chunk
+        redone in the log domain, from where it started, for samples whose scalings overflowed."""
+        big = torch.finfo(self.C.dtype).max ** 0.25
+        f0, g0 = self.f.clone(), self.g.clone()
+        lu0, lv0 = self.log_scalings()
+        self.iterate(steps)
+        u, v = self.u, self.v
+        healthy = torch.isfinite(u).all(-1) & torch.isfinite(v).all(-1)
+        healthy &= (u.amax(-1) < big) & (v.amax(-1) < big)
+        lu, lv = self.log_scalings()
+        spread = torch.maximum(
+            torch.where(torch.isfinite(lu), lu.abs(), 0.0).amax(-1),
+            torch.where(torch.isfinite(lv), lv.abs(), 0.0).amax(-1),
+        )
+        absorb = healthy & (spread > _ABSORB_LOG)
+        if bool(absorb.any()):
+            self.absorb(absorb.nonzero().squeeze(1))
+        sick = (~healthy).nonzero().squeeze(1)
+        if sick.numel() > 0:
+            lr, lc = self.log_r[sick], self.log_c[sick]
+            f = f0[sick] + torch.where(torch.isfinite(lr), lu0[sick], 0.0)
+            g = g0[sick] + torch.where(torch.isfinite(lc), lv0[sick], 0.0)
+            f, g = log_domain_iterations(self.C[sick], lr, lc, f, g, steps)
+            self.f[sick], self.g[sick] = f, g
+            self.reset(sick)
+
     def log_scalings(self) -> tuple[Tensor, Tensor]:
         return _masked_log(self.u), _masked_log(self.v)
 
@@ -233,34 +260,11 @@ def _solve_stage(
     error = torch.zeros(B, dtype=C.dtype, device=C.device)
     active = torch.arange(B, device=C.device)
     state = _ScalingState(C, r, c, init)
-    big = torch.finfo(C.dtype).max ** 0.25
     done = 0
     while done < max_iter and active.numel() > 0:
         steps = min(check_every, max_iter - done)
-        f0, g0 = state.f.clone(), state.g.clone()
-        lu0, lv0 = state.log_scalings()
-        state.iterate(steps)
+        state.stabilised_iterate(steps)
         done += steps
-        u, v = state.u, state.v
-        healthy = torch.isfinite(u).all(-1) & torch.isfinite(v).all(-1)
-        healthy &= (u.amax(-1) < big) & (v.amax(-1) < big)
-        lu, lv = state.log_scalings()
-        spread = torch.maximum(
-            torch.where(torch.isfinite(lu), lu.abs(), 0.0).amax(-1),
-            torch.where(torch.isfinite(lv), lv.abs(), 0.0).amax(-1),
-        )
-        absorb = healthy & (spread > _ABSORB_LOG)
-        if bool(absorb.any()):
-            state.absorb(absorb.nonzero().squeeze(1))
-        sick = (~healthy).nonzero().squeeze(1)
-        if sick.numel() > 0:
-            # Redo this chunk in the log domain from where it started.
-            lr, lc = state.log_r[sick], state.log_c[sick]
-            f = f0[sick] + torch.where(torch.isfinite(lr), lu0[sick], 0.0)
-            g = g0[sick] + torch.where(torch.isfinite(lc), lv0[sick], 0.0)
-            f, g = log_domain_iterations(state.C[sick], lr, lc, f, g, steps)
-            state.f[sick], state.g[sick] = f, g
-            state.reset(sick)
         err = state.error()
         converged = err <= tol if tol > 0 else torch.zeros_like(err, dtype=torch.bool)
         finished = converged | (done >= max_iter)

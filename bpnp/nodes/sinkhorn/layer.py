@@ -2,9 +2,9 @@
 
     P* = argmin_P <M, P> + (1/gamma) <P, log P>   s.t.  P 1 = r,  P^T 1 = c
 
-Forward: :func:`bpnp.nodes.sinkhorn_solver.solve_scaling` (stabilised multiplicative iterations with a
+Forward: :func:`bpnp.nodes.sinkhorn.solver.solve_scaling` (stabilised multiplicative iterations with a
 log-domain rescue). Backward: implicit differentiation of the optimality conditions
-(:mod:`bpnp.nodes.sinkhorn_backward`), so memory does not depend on the number of iterations; or,
+(:mod:`bpnp.nodes.sinkhorn.backward`), so memory does not depend on the number of iterations; or,
 for comparison, autograd through log-domain iterations (``backward="unroll"``).
 """
 
@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from bpnp.nodes.declarative import DeclarativeNode, declarative
-from bpnp.nodes.sinkhorn_backward import sinkhorn_vjp
-from bpnp.nodes.sinkhorn_solver import (
+from bpnp.nodes.sinkhorn.backward import sinkhorn_vjp
+from bpnp.nodes.sinkhorn.solver import (
     SolverInfo,
     scaled_span,
     shift_rows,
@@ -71,10 +71,39 @@ def _marginal(x: Tensor | None, mask: Tensor, name: str, dtype: torch.dtype) -> 
     )
 
 
+def _check_settings(M: Tensor, backward: str, gamma: float, max_iter: int, tol: float) -> None:
+    if M.dim() != 3:
+        raise ValueError(f"sinkhorn: 'M' must have shape (B, m, n), got {tuple(M.shape)}")
+    if backward not in ("implicit", "unroll"):
+        raise ValueError(f"sinkhorn: 'backward' must be 'implicit' or 'unroll', got {backward!r}")
+    if not (math.isfinite(gamma) and gamma > 0) or max_iter < 1 or not tol >= 0:
+        raise ValueError(
+            f"sinkhorn: need finite gamma > 0, max_iter >= 1, tol >= 0 (got {gamma}, {max_iter}, {tol})"
+        )
+
+
+def _finite_costs(M: Tensor, row_mask: Tensor, col_mask: Tensor, padded: bool) -> Tensor:
+    """``M`` with its masked entries set to 0; an error if an unmasked entry is not finite."""
+    if padded:
+        valid = row_mask[:, :, None] & col_mask[:, None, :]
+        if bool((valid & ~torch.isfinite(M)).any()):
+            raise ValueError("sinkhorn: 'M' has non-finite entries at unmasked positions")
+        return torch.where(valid, M, torch.zeros_like(M))
+    if not bool(torch.isfinite(M).all()):
+        raise ValueError("sinkhorn: 'M' has non-finite entries at unmasked positions")
+    return M
+
+
 def _append_dustbin(
-    M: Tensor, row_mask: Tensor, col_mask: Tensor, z: Tensor
+    M: Tensor, r: Tensor | None, c: Tensor | None, row_mask: Tensor, col_mask: Tensor, dustbin: Tensor | float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Append one row and one column of cost ``z`` and the SuperGlue marginals ``[1..1, n] / (m + n)``."""
+    """Append one row and one column of cost ``z = dustbin`` and the SuperGlue marginals
+    ``[1..1, n] / (m + n)``; ``r`` and ``c`` must be None."""
+    if r is not None or c is not None:
+        raise ValueError("sinkhorn: with 'dustbin' the marginals are fixed; pass r=None and c=None")
+    z = torch.as_tensor(dustbin, dtype=M.dtype, device=M.device)
+    if z.numel() != 1 or not bool(torch.isfinite(z).all()):
+        raise ValueError("sinkhorn: 'dustbin' must be a finite scalar")
     B, m, n = M.shape
     z = z.to(M.dtype).reshape(())
     M = torch.cat([M, z.expand(B, 1, n)], dim=1)
@@ -130,14 +159,7 @@ def sinkhorn(
             ``gamma`` times a cost span beyond about 1e12); the message names the sample and its span.
             float32 input whose potentials lose the costs is solved again in float64.
     """
-    if M.dim() != 3:
-        raise ValueError(f"sinkhorn: 'M' must have shape (B, m, n), got {tuple(M.shape)}")
-    if backward not in ("implicit", "unroll"):
-        raise ValueError(f"sinkhorn: 'backward' must be 'implicit' or 'unroll', got {backward!r}")
-    if not (math.isfinite(gamma) and gamma > 0) or max_iter < 1 or not tol >= 0:
-        raise ValueError(
-            f"sinkhorn: need finite gamma > 0, max_iter >= 1, tol >= 0 (got {gamma}, {max_iter}, {tol})"
-        )
+    _check_settings(M, backward, gamma, max_iter, tol)
     out_dtype = M.dtype if M.dtype in (torch.float32, torch.float64) else torch.float32
     M = M.to(out_dtype)
     B, m, n = M.shape
@@ -145,42 +167,39 @@ def sinkhorn(
     row_mask = _mask(row_mask, "row_mask", (B, m), M.device)
     col_mask = _mask(col_mask, "col_mask", (B, n), M.device)
     with torch.autocast(M.device.type, enabled=False):
-        if padded:
-            valid = row_mask[:, :, None] & col_mask[:, None, :]
-            if bool((valid & ~torch.isfinite(M)).any()):
-                raise ValueError("sinkhorn: 'M' has non-finite entries at unmasked positions")
-            M = torch.where(valid, M, torch.zeros_like(M))
-        elif not bool(torch.isfinite(M).all()):
-            raise ValueError("sinkhorn: 'M' has non-finite entries at unmasked positions")
+        M = _finite_costs(M, row_mask, col_mask, padded)
         if dustbin is not None:
-            if r is not None or c is not None:
-                raise ValueError("sinkhorn: with 'dustbin' the marginals are fixed; pass r=None and c=None")
-            z = torch.as_tensor(dustbin, dtype=M.dtype, device=M.device)
-            if z.numel() != 1 or not bool(torch.isfinite(z).all()):
-                raise ValueError("sinkhorn: 'dustbin' must be a finite scalar")
-            M, r, c, row_mask, col_mask = _append_dustbin(M, row_mask, col_mask, z)
+            M, r, c, row_mask, col_mask = _append_dustbin(M, r, c, row_mask, col_mask, dustbin)
         r = _marginal(r, row_mask, "r", M.dtype)
         c = _marginal(c, col_mask, "c", M.dtype)
         # A sample with mass on only one side has no feasible plan: transport nothing.
         both = (r.sum(-1, keepdim=True) > 0) & (c.sum(-1, keepdim=True) > 0)
         r, c = r * both, c * both
         M = shift_rows(M, r, c)  # exact for the plan; keeps gamma * M free of a large offset
-        P, info = _solve(M, r, c, gamma, max_iter, tol, backward)
-        resolved = bool((info.log_error <= MAX_LOG_ERROR).all())  # one host sync (NaN counts as not)
-        if M.dtype == torch.float32 and not resolved:
-            # The float32 potentials no longer resolve the costs; float64 still does.
-            P, info = _solve(M.double(), r.double(), c.double(), gamma, max_iter, tol, backward)
-            resolved = bool((info.log_error <= MAX_LOG_ERROR).all())
-        if not resolved:
-            b = int((~(info.log_error <= MAX_LOG_ERROR)).nonzero()[0])
-            span = float(gamma * scaled_span(M[b : b + 1].detach(), r[b : b + 1], c[b : b + 1])[0])
-            raise ValueError(
-                f"sinkhorn: the plan of sample {b} is not resolved in float64: gamma * cost span = "
-                f"{span:.3g}{' (dustbin included)' if dustbin is not None else ''} needs potentials whose "
-                f"rounding error in log P is {float(info.log_error[b]):.2g}; rescale 'M' or lower 'gamma'"
-            )
+        P, info = _solve_resolved(M, r, c, gamma, max_iter, tol, backward, dustbin is not None)
     P = P.to(out_dtype)
     return (P, info) if return_info else P
+
+
+def _solve_resolved(
+    M: Tensor, r: Tensor, c: Tensor, gamma: float, max_iter: int, tol: float, backward: str, has_dustbin: bool
+) -> tuple[Tensor, SolverInfo]:
+    """:func:`_solve`, again in float64 when the float32 potentials no longer resolve the costs; an
+    error naming the sample when float64 does not either."""
+    P, info = _solve(M, r, c, gamma, max_iter, tol, backward)
+    resolved = bool((info.log_error <= MAX_LOG_ERROR).all())  # one host sync (NaN counts as not)
+    if M.dtype == torch.float32 and not resolved:
+        P, info = _solve(M.double(), r.double(), c.double(), gamma, max_iter, tol, backward)
+        resolved = bool((info.log_error <= MAX_LOG_ERROR).all())
+    if not resolved:
+        b = int((~(info.log_error <= MAX_LOG_ERROR)).nonzero()[0])
+        span = float(gamma * scaled_span(M[b : b + 1].detach(), r[b : b + 1], c[b : b + 1])[0])
+        raise ValueError(
+            f"sinkhorn: the plan of sample {b} is not resolved in float64: gamma * cost span = "
+            f"{span:.3g}{' (dustbin included)' if has_dustbin else ''} needs potentials whose "
+            f"rounding error in log P is {float(info.log_error[b]):.2g}; rescale 'M' or lower 'gamma'"
+        )
+    return P, info
 
 
 def _solve(
