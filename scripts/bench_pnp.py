@@ -16,12 +16,27 @@ Rows (median of ``--repeats`` runs, float32 unless ``--dtype``):
   (the diffuse-plan bias, docs/design.md section 4).
 
     python scripts/bench_pnp.py --threads 1 --out bench_results
+
+``--ransac`` instead compares the two RANSAC initialisations, side by side in one run: OpenCV's P3P
+``solvePnPRansac`` per sample (``opencv_ransac``) and the batched torch P3P RANSAC (``torch_ransac``),
+both with 1000 iterations at most, threshold 0.01 normalised units (the layer's) and confidence
+0.999, on B = ``--batch`` problems of k = 96 and 1500 pairs at inlier ratios 0.2, 0.3, 0.4, 0.6
+(inliers: 0.001 noise; outliers: pairs with a wrong random 3D partner). Success: rotation error
+below 1 degree; time: median of ``--repeats`` (default 3) runs after one warm-up, the two methods'
+runs alternating. Then the torch time at B = 16, 32, 64 for k = 96.
+
+    python scripts/bench_pnp.py --ransac --threads 2
+
+On a CPU shared with other processes, OpenMP's spinning worker threads make each of the torch
+RANSAC's parallel operations wait for a descheduled thread: prefix ``OMP_WAIT_POLICY=PASSIVE`` (or
+use ``--threads 1``); the header prints the load average and the policy.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +51,7 @@ from bpnp.geometry import (
     rotation_error_deg,
 )
 from bpnp.nodes import weighted_pnp
-from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs
+from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs, torch_ransac
 
 
 def make_problem(B: int, n: int, true_mass: float, dtype: torch.dtype, seed: int = 0) -> dict[str, Tensor]:
@@ -144,6 +159,77 @@ def angular_objective(x: Tensor, X: Tensor, W: Tensor, R: Tensor, t: Tensor) -> 
 
 
 # ------------------------------------------------------------------------------------------------
+# RANSAC initialisations.
+
+
+def ransac_problem(B: int, k: int, inlier_ratio: float, seed: int = 0) -> dict[str, Tensor]:
+    """k pairs per sample, exactly ``round(inlier_ratio * k)`` of them true (2D noise 0.001), the
+    others with a wrong random 3D partner; points in [-2, 2]^3 about 6 units away (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    R = axis_angle_to_matrix(torch.randn(B, 3, generator=g, dtype=f64))
+    t = torch.randn(B, 3, generator=g, dtype=f64) * 0.5 + torch.tensor([0.0, 0.0, 6.0], dtype=f64)
+    X = torch.rand(B, k, 3, generator=g, dtype=f64) * 4 - 2
+    Xc = X @ R.mT + t[:, None]
+    x = Xc[..., :2] / Xc[..., 2:] + 0.001 * torch.randn(B, k, 2, generator=g, dtype=f64)
+    n_out = k - round(inlier_ratio * k)
+    out = torch.rand(B, k, generator=g).argsort(-1)[:, :n_out]  # (B, n_out) outlier pairs
+    partner = (out + torch.randint(1, k, (B, n_out), generator=g)) % k  # never the pair's own point
+    X_out = X.gather(1, partner[..., None].expand(-1, -1, 3))
+    X = X.scatter(1, out[..., None].expand(-1, -1, 3), X_out)
+    return dict(x=x, X=X, w=torch.ones(B, k, dtype=f64), R=R)
+
+
+def time_ransac(fns, prob: dict[str, Tensor], repeats: int) -> list[tuple[float, int]]:
+    """Per method: median seconds over ``repeats`` runs after a warm-up, and the samples solved to
+    1 degree. The methods' runs alternate, so a changing load on a shared machine hits them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    poses = [fn(prob) for fn in fns]  # the warm-up; the same poses every run (seeded)
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn(prob)
+            ts.append(time.perf_counter() - t0)
+    solved = [int((rotation_error_deg(R, prob["R"]) < 1.0).sum()) for R in poses]
+    return [(statistics.median(ts), ok) for ts, ok in zip(times, solved, strict=True)]
+
+
+def ransac_main(args: argparse.Namespace) -> None:
+    threshold, iterations, B = 0.01, 1000, args.batch
+
+    def opencv(p: dict[str, Tensor]) -> Tensor:
+        return opencv_ransac(p["x"], p["X"], p["w"], threshold, iterations)[0]
+
+    def batched(p: dict[str, Tensor]) -> Tensor:
+        return torch_ransac(
+            p["x"], p["X"], p["w"], threshold, iterations, generator=torch.Generator().manual_seed(0)
+        )[0]
+
+    print(
+        f"RANSAC initialisation: B = {B}, threshold {threshold}, {iterations} iterations at most, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} runs; success: rotation error < 1 deg; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    )
+    print(f"{'k':>5} {'inliers':>8} | {'OpenCV P3P':>19} | {'torch P3P':>19} | speed-up")
+    for k in (96, 1500):
+        for ratio in (0.2, 0.3, 0.4, 0.6):
+            (t_cv, ok_cv), (t_torch, ok_torch) = time_ransac(
+                [opencv, batched], ransac_problem(B, k, ratio), args.repeats
+            )
+            cv_cell, torch_cell = (
+                f"{ok:>3}/{B:<3} {sec:>9.4f} s" for ok, sec in ((ok_cv, t_cv), (ok_torch, t_torch))
+            )
+            print(f"{k:>5} {ratio:>8.1f} | {cv_cell} | {torch_cell} | {t_cv / t_torch:6.1f}x", flush=True)
+    print("torch P3P RANSAC, k = 96: seconds (solved) by batch size")
+    batches = (16, 32, 64)
+    print(f"{'inliers':>8} | " + " | ".join(f"{'B = ' + str(b):>16}" for b in batches))
+    for ratio in (0.2, 0.3, 0.4, 0.6):
+        cells = []
+        for b in batches:
+            ((t_torch, ok),) = time_ransac([batched], ransac_problem(b, 96, ratio), args.repeats)
+            cells.append(f"{t_torch:7.4f} s ({ok:>2}/{b:<2})")
+        print(f"{ratio:>8.1f} | " + " | ".join(cells), flush=True)
 
 
 def main() -> None:
@@ -153,16 +239,22 @@ def main() -> None:
     p.add_argument("--k", type=int, default=1500, help="pairs of the paired problem")
     p.add_argument("--true-mass", type=float, default=0.64)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=None, help="runs per row (default 5; 3 with --ransac)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--grad-points", action="store_true", help="also differentiate x2d and x3d")
     p.add_argument("--ref-samples", type=int, default=None, help="reference on this many samples only")
     p.add_argument("--ref-iter", type=int, default=100)
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--out", type=Path, default=Path("bench_results"))
+    p.add_argument("--ransac", action="store_true", help="compare the RANSAC initialisations only")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.repeats is None:
+        args.repeats = 3 if args.ransac else 5
+    if args.ransac:
+        ransac_main(args)
+        return
     dtype = getattr(torch, args.dtype)
     B = args.batch
     prob = make_problem(B, args.n, args.true_mass, dtype)

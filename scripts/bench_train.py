@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--knn", type=int, default=0)
     p.add_argument("--sinkhorn-iters", type=int, default=100)
     p.add_argument("--pose", action="store_true", help="include RANSAC, the PnP layer and the pose losses")
-    p.add_argument("--ransac", default="opencv", choices=["opencv", "torch"])
+    p.add_argument("--ransac", default="auto", choices=["auto", "opencv", "torch"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()

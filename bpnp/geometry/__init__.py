@@ -10,6 +10,7 @@ from bpnp.geometry.camera import (
     project_normalized,
     project_points,
 )
+from bpnp.geometry.p3p import solve_p3p
 from bpnp.geometry.pose import (
     camera_center,
     center_error,
@@ -41,6 +42,7 @@ __all__ = [
     "bearing_angles",
     "normalized_to_bearings",
     "normalized_to_pixels",
+    "solve_p3p",
     "pixels_to_bearings",
     "pixels_to_normalized",
     "project",

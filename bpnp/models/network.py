@@ -26,7 +26,8 @@ from bpnp.geometry import bearing_angles, normalized_to_bearings, pixels_to_norm
 from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
-from bpnp.nodes.pnp.ransac import hungarian_pairs, opencv_ransac, score_poses, top_pairs
+from bpnp.nodes.pnp.layer import INITS, resolve_init
+from bpnp.nodes.pnp.ransac import hungarian_pairs, opencv_ransac, score_poses, top_pairs, torch_ransac
 from bpnp.nodes.sinkhorn import SolverInfo
 
 
@@ -165,7 +166,9 @@ class NetConfig:
         pnp_robust, pnp_robust_scale: robust kernel of the PnP layer ("huber", "cauchy", "tanh",
             "geman_mcclure"; needs ``pnp_sparse_topk``) and its residual scale, so that wrong pairs
             among the top ones do not pull the pose.
-        ransac_init: "opencv" or "torch"; ``ransac_threshold`` and ``ransac_iterations`` as BPnPNet.
+        ransac_init: RANSAC initialisation of the pose stage (``weighted_pnp``'s ``init``): "auto"
+            (OpenCV's P3P RANSAC for CPU tensors, the batched torch P3P RANSAC on other devices),
+            "opencv" or "torch"; ``ransac_threshold`` and ``ransac_iterations`` as BPnPNet.
         topk_factor: RANSAC gets ``min(1000, topk_factor * m)`` pairs.
         compile_encoders: wrap both encoders in ``torch.compile`` (worth it on GPUs).
         view_search: express both sets in a coarse camera frame before encoding: the 2D set in the
@@ -217,7 +220,7 @@ class NetConfig:
     pnp_max_iter: int = 30
     pnp_robust: str | None = None
     pnp_robust_scale: float = 0.01
-    ransac_init: str = "opencv"
+    ransac_init: str = "auto"
     ransac_threshold: float = 0.01
     ransac_iterations: int = 1000
     topk_factor: float = 1.5
@@ -238,6 +241,8 @@ class NetConfig:
             )
         if self.bearing_prior is not None and (self.input3d != "bearings" or not self.bearing_prior > 0):
             raise ValueError("net.bearing_prior needs net.input3d='bearings' and a positive initial scale")
+        if self.ransac_init not in INITS:
+            raise ValueError(f"net.ransac_init must be one of {INITS}, got {self.ransac_init!r}")
         if self.input3d not in INPUTS_3D:
             raise ValueError(f"net.input3d must be one of {INPUTS_3D}, got {self.input3d!r}")
         if self.input3d == "bearings" and self.view_search:
@@ -477,7 +482,8 @@ class BlindPnPNet(nn.Module):
             Xh = points3d.gather(1, hc[..., None].expand(-1, -1, 3))
             hw = hw.to(P.dtype)
         if c.hungarian_init and M is not None:
-            Rh, th, _ = opencv_ransac(xh, Xh, hw, c.ransac_threshold, c.ransac_iterations)
+            solve = opencv_ransac if resolve_init(c.ransac_init, P.device) == "opencv" else torch_ransac
+            Rh, th, _ = solve(xh, Xh, hw, c.ransac_threshold, c.ransac_iterations)
             Rs.append(Rh)
             ts.append(th)
             discount.append(MINIMAL_SAMPLE)

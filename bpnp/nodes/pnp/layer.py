@@ -41,6 +41,9 @@ from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs, torch_ransac
 from bpnp.nodes.pnp.robust import ROBUST_KERNELS
 from bpnp.nodes.pnp.solver import levenberg_marquardt
 
+# RANSAC initialisations of weighted_pnp's ``init``.
+INITS = ("auto", "opencv", "torch")
+
 
 @dataclass
 class PnPResult:
@@ -314,17 +317,27 @@ def _initial_pose(
         # Samples with non-finite candidates are invalid anyway; zeros keep the linear algebra defined.
         finite = _samples_finite(x, X, w)
         x, X, w = _zero_samples(x, finite), _zero_samples(X, finite), _zero_samples(w, finite)
-        if init == "opencv":
+        if resolve_init(init, x.device) == "opencv":
             R, t, _ = opencv_ransac(x, X, w, threshold, iterations)
-        elif init == "torch":
-            R, t, _ = torch_ransac(x, X, w, threshold, hypotheses=min(iterations, 512), generator=generator)
-            # The DLT needs 6 pairs; with 4 or 5, P3P (on the CPU) is the minimal solver that works.
-            few = ((w > 0).sum(-1) < 6).nonzero().squeeze(1)
-            if few.numel() > 0:
-                R[few], t[few], _ = opencv_ransac(x[few], X[few], w[few], threshold, iterations)
         else:
-            raise ValueError(f"init must be 'opencv' or 'torch', got {init!r}")
+            R, t, _ = torch_ransac(x, X, w, threshold, iterations, generator=generator)
     return R, t
+
+
+def resolve_init(init: str, device: torch.device) -> str:
+    """The RANSAC initialisation ``init`` names on ``device``: "auto" is OpenCV's on the CPU (one
+    sample at a time, no batch overhead) and the batched torch one elsewhere.
+
+    Args:
+        init: "auto", "opencv" or "torch".
+    Returns:
+        "opencv" or "torch".
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "auto":
+        return "opencv" if torch.device(device).type == "cpu" else "torch"
+    return init
 
 
 def weighted_pnp(
@@ -338,7 +351,7 @@ def weighted_pnp(
     robust_scale: float = 0.01,
     max_iter: int = 50,
     tol: float | None = None,
-    init: str = "opencv",
+    init: str = "auto",
     topk: int | None = None,
     ransac_threshold: float = 0.01,
     ransac_iterations: int = 1000,
@@ -381,16 +394,19 @@ def weighted_pnp(
         robust_scale: residual scale of the robust kernel.
         max_iter: Levenberg-Marquardt iterations at most.
         tol: relative step tolerance (default 1e-12 in float64, 1e-6 otherwise).
-        init: "opencv" (``solvePnPRansac`` per sample, CPU; both IPPE poses also scored on planar
-            scenes) or "torch" (batched DLT RANSAC, on device; samples with fewer than 6 pairs go to
-            OpenCV).
+        init: RANSAC initialisation (P3P hypotheses, 4 positive pairs needed): "opencv"
+            (``solvePnPRansac`` per sample on the CPU; both IPPE poses also scored on planar scenes),
+            "torch" (batched Lambda Twist P3P RANSAC on the tensors' device,
+            :func:`~bpnp.nodes.pnp.ransac.torch_ransac`), or "auto" (default): OpenCV for CPU
+            tensors, torch otherwise.
         topk: pairs given to RANSAC (default ``min(1000, 1.5 m)`` dense, all pairs paired).
         ransac_threshold: inlier threshold in normalised image units.
-        ransac_iterations: RANSAC iterations (torch: hypotheses, at most 512).
+        ransac_iterations: RANSAC iterations (minimal samples per sample at most; both stop early
+            by the adaptive bound at confidence 0.999).
         sparse_topk: dense form only: solve on the ``sparse_topk`` largest pairs (paired problem).
         row_mask: (B, m) bool, False for padded 2D points (paired: padded pairs).
         col_mask: (B, n) bool, False for padded 3D points (paired: padded pairs).
-        generator: random generator for the torch RANSAC, on the inputs' device.
+        generator: random generator of the torch RANSAC, on the inputs' device.
         noise_level: expected RMS residual of a true pair (normalised image units; radians for
             "angular"), or None. Given, a converged sample whose weighted mean pair error is above
             that of a ``3 * noise_level`` residual is flagged invalid ("objective far above the noise
@@ -400,9 +416,12 @@ def weighted_pnp(
     Returns:
         :class:`PnPResult`.
     """
+    # Long because the docstring documents every keyword, about half of its lines.
     dense = _check_shapes(x2d, x3d, weights)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if robust is not None and robust not in ROBUST_KERNELS:
         raise ValueError(f"robust must be None or one of {ROBUST_KERNELS}, got {robust!r}")
     if noise_level is not None and not (math.isfinite(noise_level) and noise_level > 0):
