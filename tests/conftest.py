@@ -19,6 +19,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# The devices the device-parametrised tests run on: the CPU, and CUDA where it is available.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each available device in turn (``scripts/device_check.sh`` runs these tests on a GPU)."""
+    return torch.device(request.param)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
     """One intra-op thread: the tests' tensors are small, and OpenMP threads spinning against another

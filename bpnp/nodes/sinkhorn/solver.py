@@ -135,9 +135,13 @@ class _ScalingState:
             v = c / torch.bmm(u[:, None, :], K).squeeze(1).clamp_min(tiny)
         self.u, self.v = u, v
 
-    def stabilised_iterate(self, steps: int) -> None:
+    def stabilised_iterate(self, steps: int, tol: float, last: bool) -> tuple[Tensor, Tensor, bool, bool]:
         """:meth:`iterate`, then scalings past ``_ABSORB_LOG`` folded into the potentials, and the chunk
-        redone in the log domain, from where it started, for samples whose scalings overflowed."""
+        redone in the log domain, from where it started, for samples whose scalings overflowed.
+
+        One host sync per call (the chunk's flags read together), plus one per rare event (an
+        absorption or a rescue). Returns the row-marginal errors (B,), which samples are finished
+        (converged with ``tol > 0``, or at the iteration cap: ``last``), and whether all / any are."""
         big = torch.finfo(self.C.dtype).max ** 0.25
         f0, g0 = self.f.clone(), self.g.clone()
         lu0, lv0 = self.log_scalings()
@@ -151,16 +155,26 @@ class _ScalingState:
             torch.where(torch.isfinite(lv), lv.abs(), 0.0).amax(-1),
         )
         absorb = healthy & (spread > _ABSORB_LOG)
-        if bool(absorb.any()):
+        # Folding scalings into the potentials leaves the plan as it is: the error is read before.
+        err = self.error()
+        finished = _finished(err, tol, last)
+        any_absorb, any_sick, all_finished, any_finished = torch.stack(
+            [absorb.any(), ~healthy.all(), finished.all(), finished.any()]
+        ).tolist()
+        if any_absorb:
             self.absorb(absorb.nonzero().squeeze(1))
-        sick = (~healthy).nonzero().squeeze(1)
-        if sick.numel() > 0:
+        if any_sick:
+            sick = (~healthy).nonzero().squeeze(1)
             lr, lc = self.log_r[sick], self.log_c[sick]
             f = f0[sick] + torch.where(torch.isfinite(lr), lu0[sick], 0.0)
             g = g0[sick] + torch.where(torch.isfinite(lc), lv0[sick], 0.0)
             f, g = log_domain_iterations(self.C[sick], lr, lc, f, g, steps)
             self.f[sick], self.g[sick] = f, g
             self.reset(sick)
+            err = self.error()
+            finished = _finished(err, tol, last)
+            all_finished, any_finished = torch.stack([finished.all(), finished.any()]).tolist()
+        return err, finished, all_finished, any_finished
 
     def log_scalings(self) -> tuple[Tensor, Tensor]:
         return _masked_log(self.u), _masked_log(self.v)
@@ -191,6 +205,13 @@ class _ScalingState:
     def error(self) -> Tensor:
         row_mass = self.u * torch.bmm(self.K, self.v[:, :, None]).squeeze(-1)
         return (row_mass - self.r).abs().sum(-1)
+
+
+def _finished(err: Tensor, tol: float, last: bool) -> Tensor:
+    """(B,) bool: converged (``tol > 0``), or every sample at the iteration cap (``last``)."""
+    if last:
+        return torch.ones_like(err, dtype=torch.bool)
+    return err <= tol if tol > 0 else torch.zeros_like(err, dtype=torch.bool)
 
 
 @torch.no_grad()
@@ -263,17 +284,14 @@ def _solve_stage(
     done = 0
     while done < max_iter and active.numel() > 0:
         steps = min(check_every, max_iter - done)
-        state.stabilised_iterate(steps)
         done += steps
-        err = state.error()
-        converged = err <= tol if tol > 0 else torch.zeros_like(err, dtype=torch.bool)
-        finished = converged | (done >= max_iter)
-        if bool(finished.all()) and active.numel() == B:
+        err, finished, all_finished, any_finished = state.stabilised_iterate(steps, tol, done >= max_iter)
+        if all_finished and active.numel() == B:
             # The whole batch stops together (the usual case): no copy of the plan.
             f, g = state.potentials()
             info = SolverInfo(torch.full_like(iterations, done), err, _converged(err, tol), err * 0)
             return state.plan_in_place(), f, g, info
-        if bool(finished.any()):
+        if any_finished:
             if P is None:
                 P = torch.zeros_like(C)
             idx = finished.nonzero().squeeze(1)
