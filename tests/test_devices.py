@@ -52,9 +52,7 @@ def test_network_forward_on_the_device_matches_the_cpu(device):
     data = SyntheticDataset(num_samples=2, num_points=40, seed=1)
     b = collate([data[i] for i in range(len(data))])
     ref = net(b.points2d.double(), b.points3d.double(), b.K.double())
-    out = net.to(device)(
-        b.points2d.to(device, F64), b.points3d.to(device, F64), b.K.to(device, F64)
-    )
+    out = net.to(device)(b.points2d.to(device, F64), b.points3d.to(device, F64), b.K.to(device, F64))
     torch.testing.assert_close(out.P.cpu(), ref.P, atol=1e-9, rtol=0)
     torch.testing.assert_close(out.R.cpu(), ref.R, atol=1e-6, rtol=0)
 
