@@ -505,8 +505,8 @@ def torch_ransac(
 
     found = (n_pos >= 4) & (best_count >= 4)
     best_P = _local_optimisation(x, X, w, rows, best_P, local_steps)
-    R, t = best_P[..., :3].clone(), best_P[..., 3].clone()
-    lost = (~found).nonzero().squeeze(1)
-    if lost.numel() > 0:
-        R[lost], t[lost] = _fallback_pose(x[lost], X[lost], w[lost])
+    # The fallback for the whole batch, picked per sample: no host sync to find the lost samples.
+    R_fb, t_fb = _fallback_pose(x, X, w)
+    R = torch.where(found[:, None, None], best_P[..., :3], R_fb)
+    t = torch.where(found[:, None], best_P[..., 3], t_fb)
     return R.to(dtype), t.to(dtype), found
