@@ -7,6 +7,7 @@ reference targets (README, "Sinkhorn layer").
 
     python scripts/bench_sinkhorn.py --batch 16 --out bench_results
     python scripts/bench_sinkhorn.py --targets-only
+    python scripts/bench_sinkhorn.py --vs-anchor        # side by side with deep-declarative-networks
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import csv
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -56,7 +58,9 @@ def run_one(cfg: dict) -> dict:
     if dev.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     fwd, bwd = [], []
-    for _ in range(cfg["repeats"]):
+    # One warm-up call (discarded) when repeating, so the figures are medians of warm runs.
+    warmup = 1 if cfg["repeats"] > 1 else 0
+    for _ in range(warmup + cfg["repeats"]):
         M = M0.clone().requires_grad_()
         sync()
         t0 = time.perf_counter()
@@ -72,8 +76,8 @@ def run_one(cfg: dict) -> dict:
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = dict(
         cfg,
-        forward_s=min(fwd),
-        backward_s=min(bwd),
+        forward_s=statistics.median(fwd[warmup:]),
+        backward_s=statistics.median(bwd[warmup:]),
         peak_rss_mb=peak_rss,
         peak_over_inputs_mb=peak_rss - base_rss,
     )
@@ -147,10 +151,10 @@ def gradient_accuracy(B: int, m: int, dtype: torch.dtype) -> float:
 
 def targets(args) -> None:
     """The reference targets on this machine (README lists the reference figures)."""
-    base = dict(gamma=10.0, dtype="float32", device=args.device, mode="implicit", repeats=2)
+    base = dict(gamma=10.0, dtype="float32", device=args.device, mode="implicit", repeats=3)
     checks = []
     for m, fwd_max, bwd_max in [(1000, 1.65, 0.35), (2000, None, 2.0)]:
-        r = spawn(dict(base, B=16, m=m, iters=100, repeats=1 if m == 2000 else 2))
+        r = spawn(dict(base, B=16, m=m, iters=100, repeats=1 if m == 2000 else 3))
         print(_fmt(r))
         if fwd_max:
             checks.append(
@@ -192,6 +196,86 @@ def targets(args) -> None:
     print("\n| check | measured | target | met |\n| --- | --- | --- | --- |")
     for name, got, want, ok in checks:
         print(f"| {name} | {got} | {want} | {'yes' if ok else 'NO'} |")
+
+
+def anchor_forward(M: torch.Tensor, gamma: float, iters: int) -> torch.Tensor:
+    """The deep-declarative-networks library's forward with a fixed iteration count: multiplicative
+    row and column scaling of ``exp(-gamma (M - row min))`` to uniform marginals, in place."""
+    P = torch.exp(-gamma * (M - M.amin(2, keepdim=True)))
+    for _ in range(iters):
+        P /= P.sum(2, keepdim=True) * M.shape[1]
+        P /= P.sum(1, keepdim=True) * M.shape[2]
+    return P
+
+
+def anchor_block_backward(P: torch.Tensor, V: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``dL/dM`` by the library's ``block_inverse`` method, written from its formulas: the first row
+    constraint is dropped to fix the gauge, the (m-1)^2 Schur complement
+    ``diag(r') - P' diag(1/c) P'^T`` is Cholesky-factored and solved against the (m-1) x n block
+    ``P' / c``, and the column block follows; three m^2 n products per sample."""
+    B, m, n = P.shape
+    G = -gamma * P * V
+    r, c = P.sum(2), P.sum(1)
+    Pc = P[:, 1:] / c[:, None, :]
+    L = torch.linalg.cholesky(torch.diag_embed(r[:, 1:]) - Pc @ P[:, 1:].transpose(1, 2))
+    X = torch.cholesky_solve(Pc, L)  # S^-1 P' / c, (B, m-1, n)
+    T = torch.diag_embed(1.0 / c) + X.transpose(1, 2) @ Pc
+    g1, g2 = G[:, 1:].sum(2), G.sum(1)
+    v1 = torch.cholesky_solve(g1[:, :, None], L)[..., 0] - (X @ g2[:, :, None])[..., 0]
+    v2 = (g2[:, None, :] @ T)[:, 0] - (g1[:, None, :] @ X)[:, 0]
+    G[:, 1:] -= v1[:, :, None] * P[:, 1:]
+    G -= v2[:, None, :] * P
+    return G
+
+
+def versus_anchor(args) -> None:
+    """Ours and the deep-declarative-networks anchor side by side in one process, on the same costs:
+    the median of ``--repeats`` timed runs after one warm-up."""
+    from bpnp.nodes import sinkhorn
+
+    B, m, iters, gamma = args.batch, args.anchor_size, args.anchor_iters, args.gamma
+    dtype = getattr(torch, args.dtype)
+    M0 = bpnpnet_like_costs(B, m, m, dtype, args.device)
+    V = torch.randn(M0.shape, generator=torch.Generator().manual_seed(1)).to(args.device, dtype)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def timed(fn, *a, **kw):
+        sync()
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        sync()
+        return out, time.perf_counter() - t0
+
+    times = {k: [] for k in ("fwd", "bwd", "anchor_fwd", "anchor_bwd")}
+    for rep in range(1 + args.repeats):
+        M = M0.clone().requires_grad_()
+        P, t_fwd = timed(sinkhorn, M, gamma=gamma, max_iter=iters, tol=0.0)
+        _, t_bwd = timed(P.backward, V)
+        P_anchor, t_afwd = timed(anchor_forward, M0, gamma, iters)
+        G_anchor, t_abwd = timed(anchor_block_backward, P.detach(), V, gamma)
+        if rep:
+            for k, t in zip(times, (t_fwd, t_bwd, t_afwd, t_abwd), strict=True):
+                times[k].append(t)
+        print(
+            f"run {rep}{' (warm-up)' if not rep else ''}: forward {t_fwd:.3f} / {t_afwd:.3f} s, "
+            f"backward {t_bwd:.3f} / {t_abwd:.3f} s (ours / anchor)",
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    plan_diff = float((P.detach() - P_anchor).abs().sum() / P_anchor.abs().sum())
+    grad_diff = float((M.grad - G_anchor).norm() / G_anchor.norm())
+    print(
+        f"\n{B} x {m}^2, {args.dtype}, gamma {gamma}, {iters} iterations, {args.device}, "
+        f"{torch.get_num_threads()} threads; median of {args.repeats} runs after one warm-up\n"
+    )
+    print("| | ours | deep-declarative-networks | speed-up (anchor / ours) |\n| --- | --- | --- | --- |")
+    fwd_speedup = med["anchor_fwd"] / med["fwd"]
+    print(f"| forward | {med['fwd']:.3f} s | {med['anchor_fwd']:.3f} s | {fwd_speedup:.2f}x |")
+    print(
+        f"| backward | {med['bwd']:.3f} s | {med['anchor_bwd']:.3f} s (block inverse) | "
+        f"{med['anchor_bwd'] / med['bwd']:.1f}x |"
+    )
+    print(f"\nsame plan to {plan_diff:.1e} (relative L1); same gradient to {grad_diff:.1e} (relative L2)")
 
 
 def plots(rows: list[dict], out: Path) -> None:
@@ -259,10 +343,21 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench_results"))
     p.add_argument("--targets", action="store_true", help="also check the reference targets")
     p.add_argument("--targets-only", action="store_true")
+    p.add_argument(
+        "--vs-anchor",
+        action="store_true",
+        help="only time forward and backward side by side with the deep-declarative-networks method",
+    )
+    p.add_argument("--anchor-size", type=int, default=1000)
+    p.add_argument("--anchor-iters", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
+        return
+    if args.vs_anchor:
+        versus_anchor(args)
         return
     if not args.targets_only:
         args.out.mkdir(parents=True, exist_ok=True)

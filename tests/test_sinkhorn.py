@@ -1,7 +1,10 @@
+import importlib.util
+
 import numpy as np
 import ot
 import pytest
 import torch
+from training_utils import ROOT
 
 from bpnp.nodes import Sinkhorn, sinkhorn
 from bpnp.nodes.sinkhorn.backward import sinkhorn_vjp
@@ -163,6 +166,22 @@ def test_conjugate_gradient_path_matches_direct():
         P.transpose(1, 2).contiguous(), V.transpose(1, 2).contiguous(), 10.0, direct_max=8, cg_tol=1e-13
     )
     assert (cg_t[0].transpose(1, 2) - direct[0]).norm() <= 1e-9 * direct[0].norm()
+
+
+@pytest.mark.parametrize("shape", [(30, 30), (24, 40), (40, 24)])
+def test_backward_matches_the_benchmark_anchor_block_inverse(shape):
+    """The benchmark's anchor fixes the gauge by dropping the first row constraint and factors the
+    (m-1)^2 Schur complement; ours regularises the full one (or runs CG): the same gradient."""
+    spec = importlib.util.spec_from_file_location("bench_sinkhorn", ROOT / "scripts" / "bench_sinkhorn.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    M, _, _ = random_problem(3, *shape, seed=11)
+    P = sinkhorn(M, **exact())
+    V = torch.randn_like(P)
+    anchor = bench.anchor_block_backward(P, V, 10.0)
+    for direct_max in (10_000, 8):
+        ours = sinkhorn_vjp(P, V, 10.0, direct_max=direct_max, cg_tol=1e-13)[0]
+        assert (ours - anchor).norm() <= 1e-8 * anchor.norm()
 
 
 @pytest.mark.parametrize("shape", [(48, 48), (40, 56), (56, 40)])

@@ -164,13 +164,14 @@ def sinkhorn_vjp(
         P, V = P.double(), V.double()
     if cg_tol is None:
         cg_tol = 1e-10 if P.dtype == torch.float64 else 1e-6
-    # Row and column sums of P * V without materialising the product.
-    a = torch.einsum("bij,bij->bi", P, V)
-    b = torch.einsum("bij,bij->bj", P, V)
+    # One pass forms Q = -gamma P * V; the multipliers are linear in its row and column sums, so they
+    # come out scaled by -gamma, and Q becomes the output in place: three passes over (B, m, n) in all.
+    grad_M = torch.addcmul(P.new_zeros(()), P, V, value=-gamma)
+    a, b = grad_M.sum(-1), grad_M.sum(-2)
     if P.shape[1] <= P.shape[2]:
         lam, mu = _multipliers_rows(P, a, b, direct_max, cg_tol, cg_max_iter)
     else:
         mu, lam = _multipliers_rows(P.transpose(1, 2), b, a, direct_max, cg_tol, cg_max_iter)
-    # gamma P (lambda_i + mu_j - V_ij), built in one (B, m, n) buffer.
-    grad_M = (lam[:, :, None] + mu[:, None, :]).sub_(V).mul_(P).mul_(gamma)
-    return grad_M.to(out_dtype), lam.to(out_dtype), mu.to(out_dtype)
+    # gamma P (lambda_i + mu_j - V_ij) = Q - P (-gamma lambda)_i - P (-gamma mu)_j.
+    grad_M.addcmul_(P, lam[:, :, None], value=-1).addcmul_(P, mu[:, None, :], value=-1)
+    return grad_M.to(out_dtype), (lam / -gamma).to(out_dtype), (mu / -gamma).to(out_dtype)
