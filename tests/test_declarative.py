@@ -11,7 +11,8 @@ from torch.autograd import gradcheck
 from bpnp.geometry import axis_angle_to_matrix
 from bpnp.nodes.declarative import DeclarativeNode, declarative
 from bpnp.nodes.pnp.layer import PnPNode, _Config
-from bpnp.nodes.pnp.objectives import local_pose
+from bpnp.nodes.pnp.objectives import REPROJECTION, local_pose
+from bpnp.nodes.pnp.robust import IDENTITY
 from bpnp.nodes.sinkhorn import SinkhornNode
 
 F64 = torch.float64
@@ -46,7 +47,7 @@ def pnp_case(dense: bool):
     x = Xc[..., :2] / Xc[..., 2:] + 0.003 * torch.randn(2, 8, 2, generator=g, dtype=F64)
     W = torch.eye(8, dtype=F64).expand(2, 8, 8) + 0.05 * torch.rand(2, 8, 8, generator=g, dtype=F64)
     w = W if dense else W.diagonal(dim1=1, dim2=2).contiguous()
-    cfg = _Config(dense, "reprojection", None, 1e-4, 50, None)
+    cfg = _Config(dense, REPROJECTION, IDENTITY, 1e-4, 50, None)
     return PnPNode(cfg), (x, X, w, R, t, torch.ones(2, dtype=torch.bool))
 
 

@@ -7,15 +7,12 @@ from bpnp.geometry import axis_angle_to_matrix, normalized_to_bearings
 from bpnp.nodes.pnp.objectives import (
     PairedProblem,
     camera_points,
-    collapse_dense,
-    dense_features,
-    dense_objective,
     derivatives,
     local_pose,
     local_value,
-    pair_errors,
+    objective_named,
 )
-from bpnp.nodes.pnp.robust import ROBUST_KERNELS, robust_rho, robust_second, robust_weight
+from bpnp.nodes.pnp.robust import ROBUST_KERNELS, robust_kernel
 
 F64 = torch.float64
 B, N = 3, 12
@@ -34,7 +31,10 @@ def _pose_and_points(seed: int = 0):
 def _problem(objective: str, robust: str | None, seed: int = 0):
     R, t, X, x, w = _pose_and_points(seed)
     target = normalized_to_bearings(x) if objective == "angular" else x
-    return PairedProblem(objective, X, target, w, torch.zeros(B, dtype=F64), robust, 0.05**2), R, t
+    problem = PairedProblem(
+        objective_named(objective), X, target, w, torch.zeros(B, dtype=F64), robust_kernel(robust), 0.05**2
+    )
+    return problem, R, t
 
 
 def _autograd_hessian(problem, R, t):
@@ -69,9 +69,9 @@ def test_gauss_newton_hessian_is_weighted_jacobian_product(objective):
 
     J = torch.autograd.functional.jacobian(residuals, torch.zeros(B, 6, dtype=F64))  # (B,N,r,B,6)
     J = torch.stack([J[b, :, :, b, :] for b in range(B)])  # (B, N, r, 6)
-    e = pair_errors(objective, camera_points(R, t, problem.points), problem.target)
+    e = problem.objective.pair_errors(camera_points(R, t, problem.points), problem.target)
     factor = 1.0 if objective == "angular" else 2.0
-    w_eff = factor * problem.weight * robust_weight(e, "cauchy", problem.scale_sq)
+    w_eff = factor * problem.weight * robust_kernel("cauchy").weight(e, problem.scale_sq)
     H_ref = torch.einsum("bn,bnri,bnrj->bij", w_eff, J, J)
     torch.testing.assert_close(H, H_ref, atol=1e-12, rtol=1e-9)
 
@@ -93,21 +93,32 @@ def test_dense_collapse_equals_sum_over_all_pairs(objective):
         pi = Xc[..., :2] / Xc[..., 2:]
         E = (x[:, :, None, :] - pi[:, None, :, :]).pow(2).sum(-1)
     ref = (W * E).sum((1, 2))
-    G = W.transpose(-1, -2) @ dense_features(objective, x)
-    problem = collapse_dense(objective, X, G)
-    e = pair_errors(objective, Xc, problem.target)
+    obj = objective_named(objective)
+    G = W.transpose(-1, -2) @ obj.dense_features(x)
+    problem = obj.collapse(X, G)
+    e = obj.pair_errors(Xc, problem.target)
     torch.testing.assert_close(problem.const + (problem.weight * e).sum(-1), ref, atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(dense_objective(objective, G, Xc), ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(obj.dense_value(G, Xc), ref, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("kernel", ROBUST_KERNELS)
 def test_robust_kernel_derivatives(kernel):
     b = 0.3
+    k = robust_kernel(kernel)
     e = torch.linspace(0.0, 3.0, 41, dtype=F64)[1:].requires_grad_()
-    rho = robust_rho(e, kernel, b)
+    rho, rho1, rho2 = k(e, b)
     (d1,) = torch.autograd.grad(rho.sum(), e, create_graph=True)
     (d2,) = torch.autograd.grad(d1.sum(), e)
-    torch.testing.assert_close(robust_weight(e, kernel, b), d1.detach())
-    torch.testing.assert_close(robust_second(e, kernel, b), d2)
+    torch.testing.assert_close(rho1, d1.detach())
+    torch.testing.assert_close(rho2, d2.detach())
     small = torch.tensor([1e-9], dtype=F64)
-    torch.testing.assert_close(robust_rho(small, kernel, b), small, atol=1e-15, rtol=1e-6)
+    torch.testing.assert_close(k.rho(small, b), small, atol=1e-15, rtol=1e-6)
+
+
+def test_kernel_and_objective_names_resolve_and_unknown_names_are_errors():
+    assert robust_kernel(None).identity and robust_kernel("tanh") is robust_kernel(robust_kernel("tanh"))
+    assert objective_named("angular").name == "angular" and objective_named("reprojection").projective
+    with pytest.raises(ValueError, match="robust must be None or one of"):
+        robust_kernel("tukey")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        objective_named("l1")

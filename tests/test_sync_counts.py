@@ -8,7 +8,7 @@ import torch
 from bpnp.geometry import axis_angle_to_matrix
 from bpnp.nodes import sinkhorn
 from bpnp.nodes.host_reads import count_host_reads
-from bpnp.nodes.pnp.objectives import PairedProblem
+from bpnp.nodes.pnp.objectives import REPROJECTION, PairedProblem
 from bpnp.nodes.pnp.solver import levenberg_marquardt
 from bpnp.nodes.sinkhorn.backward import sinkhorn_vjp
 
@@ -75,7 +75,7 @@ def test_pose_solver_reads_the_device_once_every_check_every_iterations(reads):
     X = torch.rand(B, k, 3, generator=g, dtype=F64) * 2 - 1
     Xc = X @ R.mT + t[:, None]
     x = Xc[..., :2] / Xc[..., 2:] + 0.02 * torch.randn(B, k, 2, generator=g, dtype=F64)
-    problem = PairedProblem("reprojection", X, x, torch.ones(B, k, dtype=F64), torch.zeros(B, dtype=F64))
+    problem = PairedProblem(REPROJECTION, X, x, torch.ones(B, k, dtype=F64), torch.zeros(B, dtype=F64))
     R0 = axis_angle_to_matrix(torch.randn(B, 3, generator=g, dtype=F64) * 0.3) @ R
     active = torch.ones(B, dtype=torch.bool)
 

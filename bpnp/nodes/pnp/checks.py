@@ -101,7 +101,7 @@ def behind_camera(problem: PairedProblem, depth: Tensor) -> Tensor:
     """
     w = problem.weight
     back = depth <= 0
-    if problem.objective == "reprojection":
+    if problem.objective.projective:
         return ((w > 0) & back).any(-1)
     return (w * back).sum(-1) > 0.5 * w.sum(-1)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bpnp.geometry import normalized_to_bearings, vee
+from bpnp.geometry import vee
 from bpnp.nodes.declarative import DeclarativeNode, declarative
 from bpnp.nodes.pnp.checks import (
     behind_camera,
@@ -26,19 +26,16 @@ from bpnp.nodes.pnp.checks import (
     warn_once,
 )
 from bpnp.nodes.pnp.objectives import (
-    OBJECTIVES,
+    Objective,
     PairedProblem,
     camera_points,
-    collapse_dense,
-    column_mass,
-    dense_features,
-    dense_objective,
     derivatives,
     local_pose,
+    objective_named,
     paired_objective,
 )
 from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs, torch_ransac
-from bpnp.nodes.pnp.robust import ROBUST_KERNELS
+from bpnp.nodes.pnp.robust import RobustKernel, robust_kernel
 from bpnp.nodes.pnp.solver import levenberg_marquardt
 
 # RANSAC initialisations of weighted_pnp's ``init``.
@@ -76,8 +73,8 @@ class PnPResult:
 @dataclass(frozen=True)
 class _Config:
     dense: bool
-    objective: str
-    robust: str | None
+    objective: Objective
+    robust: RobustKernel
     scale_sq: float
     max_iter: int
     tol: float | None
@@ -122,19 +119,17 @@ class PnPNode(DeclarativeNode):
         if cfg.dense:
             # One pass over W: the collapsed features, whose column mass also reveals non-finite W.
             # (F^T W)^T rather than W^T F: the same product, about 2x faster with W stored row-major.
-            G = (dense_features(cfg.objective, x2d).transpose(-1, -2) @ weights).transpose(-1, -2)
-            col = column_mass(cfg.objective, G)
+            G = (cfg.objective.dense_features(x2d).transpose(-1, -2) @ weights).transpose(-1, -2)
+            col = cfg.objective.column_mass(G)
             finite = finite & torch.isfinite(col.sum(-1))
             weights, G = _zero_samples(weights, finite), _zero_samples(G, finite)
-            problem = collapse_dense(cfg.objective, x3d, G)
-            col = column_mass(cfg.objective, G)
+            problem = cfg.objective.collapse(x3d, G)
+            col = cfg.objective.column_mass(G)
             # 3D points carrying mass; a single 2D point spread over many is caught by singular H.
             n_eff = effective_pairs(col)
         else:
             weights = _zero_samples(weights, finite)
-            target = normalized_to_bearings(x2d) if cfg.objective == "angular" else x2d
-            const = torch.zeros_like(weights[:, 0])
-            problem = PairedProblem(cfg.objective, x3d, target, weights, const, cfg.robust, cfg.scale_sq)
+            problem = _paired_problem(cfg, x2d, x3d, weights)
             col = weights
             n_eff = effective_pairs(weights)
         total = col.sum(-1)
@@ -159,9 +154,7 @@ class PnPNode(DeclarativeNode):
         refined = active & ok & ~reasons["points behind the camera"] & ~reasons["singular Hessian"]
         valid = refined & ~reasons["not converged"]
         if cfg.noise_level is not None:
-            # Angular pair error 1 - cos(theta) ~ theta^2 / 2; reprojection error |r|^2.
-            scale = 0.5 if cfg.objective == "angular" else 1.0
-            bound = scale * (NOISE_FACTOR * cfg.noise_level) ** 2
+            bound = cfg.objective.noise_scale * (NOISE_FACTOR * cfg.noise_level) ** 2
             mean_error = sol.value / total.clamp_min(torch.finfo(total.dtype).tiny)
             reasons["objective far above the noise level"] = valid & (mean_error > bound)
             valid = valid & ~reasons["objective far above the noise level"]
@@ -179,12 +172,10 @@ class PnPNode(DeclarativeNode):
         """The weighted objective (B,) at the pose ``y = (R, t)`` (in the node's normalised frame)."""
         cfg = self.cfg
         if cfg.dense:
-            G = (dense_features(cfg.objective, x2d).transpose(-1, -2) @ weights).transpose(-1, -2)
-            problem = collapse_dense(cfg.objective, x3d, G)
+            G = (cfg.objective.dense_features(x2d).transpose(-1, -2) @ weights).transpose(-1, -2)
+            problem = cfg.objective.collapse(x3d, G)
         else:
-            target = normalized_to_bearings(x2d) if cfg.objective == "angular" else x2d
-            const = torch.zeros_like(weights[:, 0])
-            problem = PairedProblem(cfg.objective, x3d, target, weights, const, cfg.robust, cfg.scale_sq)
+            problem = _paired_problem(cfg, x2d, x3d, weights)
         return derivatives(problem, *y)[0]
 
     def vjp(self, saved, grads, needs):
@@ -213,7 +204,7 @@ class PnPNode(DeclarativeNode):
             if cfg.dense:
                 # Through G = W^T F(x2d): the O(mn) work is the two bmm's after the autograd pass.
                 leaves = [G.detach().requires_grad_(need_2d or need_w), p]
-                f = dense_objective(cfg.objective, leaves[0], X)
+                f = cfg.objective.dense_value(leaves[0], X)
             else:
                 leaves = [x2d.detach().requires_grad_(need_2d), p, weights.detach().requires_grad_(need_w)]
                 f = paired_objective(cfg.objective, cfg.robust, cfg.scale_sq, leaves[0], X, leaves[2])
@@ -227,14 +218,14 @@ class PnPNode(DeclarativeNode):
                 grad_G, grad_3d = grads
                 grad_2d = grad_w = w_finite = None
                 if grad_G is not None and need_w:
-                    feats = dense_features(cfg.objective, x2d)
+                    feats = cfg.objective.dense_features(x2d)
                     grad_w = feats @ grad_G.transpose(-1, -2)  # (B, m, n): dL/dW = F (dL/dG)^T
                     # finite factors give a finite product: no pass over the (B, m, n) result
                     w_finite = _samples_finite(feats, grad_G)
                 if grad_G is not None and need_2d:
                     x = x2d.detach().requires_grad_(True)
                     (grad_2d,) = torch.autograd.grad(
-                        dense_features(cfg.objective, x), x, weights @ grad_G, allow_unused=True
+                        cfg.objective.dense_features(x), x, weights @ grad_G, allow_unused=True
                     )
             else:
                 grad_2d, grad_3d, grad_w = grads
@@ -244,6 +235,13 @@ class PnPNode(DeclarativeNode):
             _masked_grad(grad_w, weights, valid, w_finite if cfg.dense else None) if need_w else None,
         ]
         return (*out, None, None, None)
+
+
+def _paired_problem(cfg: _Config, x2d: Tensor, x3d: Tensor, weights: Tensor) -> PairedProblem:
+    """The paired form's problem: one term per pair, nothing pose-independent."""
+    target = cfg.objective.target(x2d)
+    const = torch.zeros_like(weights[:, 0])
+    return PairedProblem(cfg.objective, x3d, target, weights, const, cfg.robust, cfg.scale_sq)
 
 
 def _masked_grad(gx: Tensor | None, like: Tensor, valid: Tensor, finite: Tensor | None = None) -> Tensor:
@@ -346,8 +344,8 @@ def weighted_pnp(
     weights: Tensor,
     *,
     pose_init: tuple[Tensor, Tensor] | None = None,
-    objective: str = "angular",
-    robust: str | None = None,
+    objective: str | Objective = "angular",
+    robust: str | RobustKernel | None = None,
     robust_scale: float = 0.01,
     max_iter: int = 50,
     tol: float | None = None,
@@ -389,8 +387,9 @@ def weighted_pnp(
         x3d: world points.
         weights: non-negative weights, dense (B, m, n) or paired (B, k).
         pose_init: ``(R (B, 3, 3), t (B, 3))``, or None to initialise by RANSAC on the top-k pairs.
-        objective: "angular" or "reprojection".
-        robust: robust kernel or None (paired form only).
+        objective: "angular" or "reprojection", or an :class:`~bpnp.nodes.pnp.objectives.Objective`.
+        robust: robust kernel (a name, a :class:`~bpnp.nodes.pnp.robust.RobustKernel`) or None
+            (paired form only).
         robust_scale: residual scale of the robust kernel.
         max_iter: Levenberg-Marquardt iterations at most.
         tol: relative step tolerance (default 1e-12 in float64, 1e-6 otherwise).
@@ -418,17 +417,14 @@ def weighted_pnp(
     """
     # Long because the docstring documents every keyword, about half of its lines.
     dense = _check_shapes(x2d, x3d, weights)
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    objective, kernel = objective_named(objective), robust_kernel(robust)
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if robust is not None and robust not in ROBUST_KERNELS:
-        raise ValueError(f"robust must be None or one of {ROBUST_KERNELS}, got {robust!r}")
     if noise_level is not None and not (math.isfinite(noise_level) and noise_level > 0):
         raise ValueError(
             f"weighted_pnp: 'noise_level' must be a positive finite number or None, got {noise_level!r}"
         )
-    if dense and robust is not None and sparse_topk is None:
+    if dense and not kernel.identity and sparse_topk is None:
         raise ValueError("robust kernels need the paired form: pass sparse_topk for a dense plan")
     dtype = torch.promote_types(torch.promote_types(x2d.dtype, x3d.dtype), weights.dtype)
     if not dtype.is_floating_point:
@@ -468,7 +464,7 @@ def weighted_pnp(
     R0 = torch.where(init_ok[:, None, None], R0, torch.eye(3, dtype=dtype, device=R0.device).expand_as(R0))
     t0 = torch.where(init_ok[:, None], t0, torch.zeros_like(t0))
 
-    cfg = _Config(dense, objective, robust, robust_scale**2, max_iter, tol, noise_level)
+    cfg = _Config(dense, objective, kernel, robust_scale**2, max_iter, tol, noise_level)
     R, t, value, valid, refined, iterations, converged = declarative(
         PnPNode(cfg), x2d, x3d, weights, R0, t0, init_ok
     )

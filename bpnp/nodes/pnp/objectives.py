@@ -6,8 +6,11 @@ Two views of the same functions:
   ``e_k`` the angular error ``1 - b_k . normalise(X_k)`` or the squared reprojection error
   ``|pi(X_k) - x_k|^2`` of the camera-frame point ``X_k = R p_k + t``. A dense problem collapses to
   this form exactly (one matrix product, :func:`collapse_dense`), so solver iterations cost O(n).
-- :func:`dense_objective` / :func:`paired_objective`, the backward pass's view: the objective in
-  the inputs (the dense one through ``G = W^T F(x2d)``) and the camera points, differentiable in all.
+- :meth:`Objective.dense_value` / :func:`paired_objective`, the backward pass's view: the objective
+  in the inputs (the dense one through ``G = W^T F(x2d)``) and the camera points, differentiable in all.
+
+Each objective is an :class:`Objective` object (:data:`ANGULAR`, :data:`REPROJECTION`) holding all
+that differs between them; :func:`objective_named` maps a config's name to one.
 
 Local coordinates at a pose ``(R, t)``: ``R(delta) = exp([delta[:3]]_x) R``, ``t(delta) = t + delta[3:]``.
 """
@@ -20,9 +23,7 @@ import torch
 from torch import Tensor
 
 from bpnp.geometry import normalized_to_bearings, skew, so3_exp
-from bpnp.nodes.pnp.robust import robust_rho, robust_second, robust_weight
-
-OBJECTIVES = ("angular", "reprojection")
+from bpnp.nodes.pnp.robust import IDENTITY, RobustKernel
 
 
 @dataclass
@@ -30,22 +31,22 @@ class PairedProblem:
     """``f = const + sum_k weight_k rho(e_k(R points_k + t, target_k))``.
 
     Attributes:
-        objective: "angular" (target: unit bearings (B, N, 3)) or "reprojection" (target: normalised
-            image coordinates (B, N, 2)).
+        objective: :data:`ANGULAR` (target: unit bearings (B, N, 3)) or :data:`REPROJECTION` (target:
+            normalised image coordinates (B, N, 2)).
         points: (B, N, 3) world points.
         target: (B, N, 3) or (B, N, 2).
         weight: (B, N) non-negative.
         const: (B,) the part of the objective that does not depend on the pose.
-        robust: kernel name or None.
+        robust: the robust kernel (:data:`~bpnp.nodes.pnp.robust.IDENTITY` for none).
         scale_sq: squared robust scale ``b``.
     """
 
-    objective: str
+    objective: Objective
     points: Tensor
     target: Tensor
     weight: Tensor
     const: Tensor
-    robust: str | None = None
+    robust: RobustKernel = IDENTITY
     scale_sq: float = 1.0
 
 
@@ -76,21 +77,6 @@ def safe_project(X: Tensor) -> Tensor:
     return torch.where(ok, X[..., :2] / torch.where(ok, z, torch.ones_like(z)), torch.zeros_like(X[..., :2]))
 
 
-def pair_errors(objective: str, X: Tensor, target: Tensor) -> Tensor:
-    """Per-pair error ``e_k``: ``1 - b . normalise(X)`` or ``|pi(X) - x|^2``.
-
-    Args:
-        objective: "angular" or "reprojection".
-        X: (B, N, 3) camera-frame points.
-        target: (B, N, 3) unit bearings or (B, N, 2) normalised coordinates.
-    Returns:
-        (B, N).
-    """
-    if objective == "angular":
-        return 1.0 - (target * safe_normalise(X)).sum(-1)
-    return (safe_project(X) - target).pow(2).sum(-1)
-
-
 def local_pose(R: Tensor, t: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     """Pose after the local update ``delta``: ``(exp([delta[:3]]_x) R, t + delta[3:])``.
 
@@ -118,8 +104,8 @@ def paired_value(problem: PairedProblem, R: Tensor, t: Tensor) -> Tensor:
     Returns:
         (B,).
     """
-    e = pair_errors(problem.objective, camera_points(R, t, problem.points), problem.target)
-    return problem.const + (problem.weight * robust_rho(e, problem.robust, problem.scale_sq)).sum(-1)
+    e = problem.objective.pair_errors(camera_points(R, t, problem.points), problem.target)
+    return problem.const + (problem.weight * problem.robust.rho(e, problem.scale_sq)).sum(-1)
 
 
 def local_value(problem: PairedProblem, R: Tensor, t: Tensor, delta: Tensor) -> Tensor:
@@ -218,9 +204,8 @@ def derivatives(
     """
     Y = R @ problem.points.transpose(-1, -2)  # (B, 3, N)
     X = (Y + t[..., None]).unbind(1)
-    terms = _angular_terms if problem.objective == "angular" else _reprojection_terms
-    e, grad, H = terms(problem, Y, X, exact)
-    f = problem.const + (problem.weight * robust_rho(e, problem.robust, problem.scale_sq)).sum(-1)
+    e, grad, H = problem.objective.terms(problem, Y, X, exact)
+    f = problem.const + (problem.weight * problem.robust.rho(e, problem.scale_sq)).sum(-1)
     return f, grad, 0.5 * (H + H.transpose(-1, -2)), X[2]
 
 
@@ -240,7 +225,7 @@ def _angular_terms(
     beta = tgt[0] * q[0] + tgt[1] * q[1] + tgt[2] * q[2]
     e = 1.0 - beta
     d = tuple(b_i - beta * q_i for b_i, q_i in zip(tgt, q, strict=True))  # -|X| de/dX
-    w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
+    w1 = w * problem.robust.weight(e, problem.scale_sq)
     u_q, u_d = _lift(y, q), _lift(y, d)
     grad = -(u_d * (w1 * inv_n)[:, None, :]).sum(-1)
     a = w1 / n2
@@ -250,8 +235,8 @@ def _angular_terms(
     ubq = _outer_sum(_lift(y, tgt), u_q, a)
     H = ubq + ubq.transpose(-1, -2) - _outer_sum(u_q, u_q, 3.0 * a * beta) + _dtd_sum(Y, a * beta)
     H = H + _rotation_curvature(Y, tuple(-d_i * inv_n for d_i in d), w1)
-    if problem.robust is not None:
-        w2 = w * robust_second(e, problem.robust, problem.scale_sq)
+    if not problem.robust.identity:
+        w2 = w * problem.robust.second(e, problem.scale_sq)
         H = H + _outer_sum(u_d, u_d, w2 / n2)
     return e, grad, H
 
@@ -269,7 +254,7 @@ def _reprojection_terms(
     pi0, pi1 = X0 * inv_z, X1 * inv_z
     r0, r1 = pi0 - tgt[0], pi1 - tgt[1]
     e = r0 * r0 + r1 * r1
-    w1 = w * robust_weight(e, problem.robust, problem.scale_sq)
+    w1 = w * problem.robust.weight(e, problem.scale_sq)
     zero = torch.zeros_like(X2)
     J0 = _lift(y, (inv_z, zero, -pi0 * inv_z))  # d pi_0 / d delta
     J1 = _lift(y, (zero, inv_z, -pi1 * inv_z))
@@ -287,81 +272,148 @@ def _reprojection_terms(
     uzc = _outer_sum(u_z, _lift(y, c), 2.0 * w1)
     H = H + uzc + uzc.transpose(-1, -2) - _outer_sum(u_z, u_z, 2.0 * w1 * c[2])
     H = H + _rotation_curvature(Y, lam, w1)
-    if problem.robust is not None:
-        w2 = w * robust_second(e, problem.robust, problem.scale_sq)
+    if not problem.robust.identity:
+        w2 = w * problem.robust.second(e, problem.scale_sq)
         H = H + _outer_sum(u_l, u_l, w2)
     return e, grad, H
 
 
-def dense_features(objective: str, x2d: Tensor) -> Tensor:
-    """Per-2D-point features whose weighted sums ``G = W^T F`` carry a dense objective exactly.
+class Objective:
+    """One per-pair error ``e(X, target)`` of the layer and everything that differs with it: the
+    target a 2D point gives, the analytic derivatives, and the dense form's collapsed features
+    ``G = W^T F(x2d)`` (B, n, 4) with the exact objective as a polynomial in them."""
 
-    angular: ``[b, 1]`` (bearing, count); reprojection: ``[x, 1, |x|^2]``.
+    name: str = ""
+    #: A residual ``r`` (normalised units, radians for the angular error) gives ``e ~ noise_scale r^2``.
+    noise_scale: float = 1.0
+    #: The error needs positive depth, so one weighted point behind the camera fails the sample.
+    projective: bool = False
 
-    Args:
-        x2d: (B, m, 2).
-    Returns:
-        (B, m, 4).
+    def target(self, x2d: Tensor) -> Tensor:
+        """The per-pair target of normalised image points (B, N, 2)."""
+        raise NotImplementedError
+
+    def pair_errors(self, X: Tensor, target: Tensor) -> Tensor:
+        """Per-pair error ``e_k`` (B, N) of camera-frame points X (B, N, 3)."""
+        raise NotImplementedError
+
+    def terms(
+        self, problem: PairedProblem, Y: Tensor, X: Planes, exact: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Errors (B, N), gradient (B, 6) and Hessian (B, 6, 6), not yet symmetrised; ``Y`` (B, 3, N) the
+        rotated points, ``X`` the camera points as planes."""
+        raise NotImplementedError
+
+    def dense_features(self, x2d: Tensor) -> Tensor:
+        """Per-2D-point features (B, m, 4) whose weighted sums ``G = W^T F`` carry the dense objective."""
+        raise NotImplementedError
+
+    def column_mass(self, G: Tensor) -> Tensor:
+        """Column sums ``c = W^T 1`` read off the collapsed features G (B, n, 4) -> (B, n)."""
+        raise NotImplementedError
+
+    def collapse(self, x3d: Tensor, G: Tensor) -> PairedProblem:
+        """The dense problem over all (i, j) pairs as one pair per 3D point (exact); x3d (B, n, 3)."""
+        raise NotImplementedError
+
+    def dense_value(self, G: Tensor, X: Tensor) -> Tensor:
+        """Dense objective (B,) from G (B, n, 4) and camera points X (B, n, 3), polynomial in G (smooth
+        for the backward)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class AngularObjective(Objective):
+    """``e = 1 - b . normalise(X)`` with the bearing ``b = normalise([x; 1])``; features ``[b, 1]``.
+
+    Collapsed: ``sum_ij W_ij (1 - b_i . q_j) = sum W - sum_j |g_j| + sum_j |g_j| (1 - g^_j . q_j)``
+    with ``g = W^T b``.
     """
-    ones = torch.ones_like(x2d[..., :1])
-    if objective == "angular":
-        return torch.cat([normalized_to_bearings(x2d), ones], dim=-1)
-    return torch.cat([x2d, ones, x2d.pow(2).sum(-1, keepdim=True)], dim=-1)
 
+    name, noise_scale = "angular", 0.5  # 1 - cos(theta) ~ theta^2 / 2
+    terms = staticmethod(_angular_terms)
 
-def column_mass(objective: str, G: Tensor) -> Tensor:
-    """Column sums ``c = W^T 1`` read off the collapsed features G (B, n, 4) -> (B, n)."""
-    return G[..., 3] if objective == "angular" else G[..., 2]
+    def target(self, x2d):
+        return normalized_to_bearings(x2d)
 
+    def pair_errors(self, X, target):
+        return 1.0 - (target * safe_normalise(X)).sum(-1)
 
-def collapse_dense(objective: str, x3d: Tensor, G: Tensor) -> PairedProblem:
-    """Collapse a dense problem over all (i, j) pairs into one pair per 3D point (exact).
+    def dense_features(self, x2d):
+        return torch.cat([normalized_to_bearings(x2d), torch.ones_like(x2d[..., :1])], dim=-1)
 
-    angular:      ``sum_ij W_ij (1 - b_i . q_j) = sum W - sum_j |g_j| + sum_j |g_j| (1 - g^_j . q_j)``
-                  with ``g = W^T b``;
-    reprojection: ``sum_ij W_ij |pi_j - x_i|^2 = sum_j c_j |pi_j - h_j / c_j|^2 + const`` with
-                  ``c = W^T 1``, ``h = W^T x``.
+    def column_mass(self, G):
+        return G[..., 3]
 
-    Args:
-        x3d: (B, n, 3).
-        G: (B, n, 4) ``W^T dense_features(x2d)`` of non-negative W.
-    Returns:
-        A problem over the n 3D points.
-    """
-    cols = G.unbind(-1)  # coordinate planes: cheaper than reductions over a last axis of size 4
-    if objective == "angular":
-        g0, g1, g2, c = cols
+    def collapse(self, x3d, G):
+        g0, g1, g2, c = G.unbind(-1)  # coordinate planes: cheaper than reductions over a last axis of 4
         g_norm = (g0 * g0 + g1 * g1 + g2 * g2).sqrt()
         ok = g_norm > 0
         inv = 1.0 / torch.where(ok, g_norm, torch.ones_like(g_norm))
         # a point without mass gets the (unused) target e_z
         target = torch.stack([g0 * inv, g1 * inv, torch.where(ok, g2 * inv, torch.ones_like(g2))], dim=-1)
-        return PairedProblem(objective, x3d, target, g_norm, c.sum(-1) - g_norm.sum(-1))
-    h0, h1, c, s = cols
-    ok = c > 0
-    inv = torch.where(ok, 1.0 / torch.where(ok, c, torch.ones_like(c)), torch.zeros_like(c))
-    target = torch.stack([h0 * inv, h1 * inv], dim=-1)
-    const = s.sum(-1) - ((h0 * h0 + h1 * h1) * inv).sum(-1)
-    return PairedProblem(objective, x3d, target, torch.where(ok, c, torch.zeros_like(c)), const)
+        return PairedProblem(self, x3d, target, g_norm, c.sum(-1) - g_norm.sum(-1))
 
-
-def dense_objective(objective: str, G: Tensor, X: Tensor) -> Tensor:
-    """Dense objective from the collapsed features, polynomial in G (so smooth for the backward).
-
-    Args:
-        G: (B, n, 4) ``W^T dense_features(x2d)``.
-        X: (B, n, 3) camera-frame points.
-    Returns:
-        (B,).
-    """
-    if objective == "angular":
+    def dense_value(self, G, X):
         return G[..., 3].sum(-1) - (G[..., :3] * safe_normalise(X)).sum((-1, -2))
-    pi = safe_project(X)
-    return (G[..., 2] * pi.pow(2).sum(-1) - 2.0 * (G[..., :2] * pi).sum(-1) + G[..., 3]).sum(-1)
+
+
+class ReprojectionObjective(Objective):
+    """``e = |pi(X) - x|^2`` in normalised image coordinates; features ``[x, 1, |x|^2]``.
+
+    Collapsed: ``sum_ij W_ij |pi_j - x_i|^2 = sum_j c_j |pi_j - h_j / c_j|^2 + const`` with
+    ``c = W^T 1``, ``h = W^T x``.
+    """
+
+    name, projective = "reprojection", True
+    terms = staticmethod(_reprojection_terms)
+
+    def target(self, x2d):
+        return x2d
+
+    def pair_errors(self, X, target):
+        return (safe_project(X) - target).pow(2).sum(-1)
+
+    def dense_features(self, x2d):
+        return torch.cat([x2d, torch.ones_like(x2d[..., :1]), x2d.pow(2).sum(-1, keepdim=True)], dim=-1)
+
+    def column_mass(self, G):
+        return G[..., 2]
+
+    def collapse(self, x3d, G):
+        h0, h1, c, s = G.unbind(-1)
+        ok = c > 0
+        inv = torch.where(ok, 1.0 / torch.where(ok, c, torch.ones_like(c)), torch.zeros_like(c))
+        target = torch.stack([h0 * inv, h1 * inv], dim=-1)
+        const = s.sum(-1) - ((h0 * h0 + h1 * h1) * inv).sum(-1)
+        return PairedProblem(self, x3d, target, torch.where(ok, c, torch.zeros_like(c)), const)
+
+    def dense_value(self, G, X):
+        pi = safe_project(X)
+        return (G[..., 2] * pi.pow(2).sum(-1) - 2.0 * (G[..., :2] * pi).sum(-1) + G[..., 3]).sum(-1)
+
+
+ANGULAR, REPROJECTION = AngularObjective(), ReprojectionObjective()
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (ANGULAR, REPROJECTION)}
+
+
+def objective_named(objective: str | Objective) -> Objective:
+    """The objective a name stands for; an :class:`Objective` passes through.
+
+    Raises:
+        ValueError: an unknown name, naming the known ones.
+    """
+    if isinstance(objective, Objective):
+        return objective
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}")
+    return OBJECTIVES[objective]
 
 
 def paired_objective(
-    objective: str, robust: str | None, scale_sq: float, x2d: Tensor, X: Tensor, w: Tensor
+    objective: Objective, robust: RobustKernel, scale_sq: float, x2d: Tensor, X: Tensor, w: Tensor
 ) -> Tensor:
     """Paired objective in the raw inputs: ``sum_k w_k rho(e_k)``.
 
@@ -372,5 +424,4 @@ def paired_objective(
     Returns:
         (B,).
     """
-    target = normalized_to_bearings(x2d) if objective == "angular" else x2d
-    return (w * robust_rho(pair_errors(objective, X, target), robust, scale_sq)).sum(-1)
+    return (w * robust.rho(objective.pair_errors(X, objective.target(x2d)), scale_sq)).sum(-1)

@@ -26,7 +26,7 @@ from torch import Tensor
 from bpnp.geometry.dlt import camera_matrix_to_pose, dlt_camera_matrix
 from bpnp.geometry.p3p import p3p_camera_entries
 from bpnp.geometry.rotation import axis_angle_to_matrix
-from bpnp.nodes.pnp.objectives import PairedProblem, derivatives, local_pose, paired_value
+from bpnp.nodes.pnp.objectives import REPROJECTION, PairedProblem, derivatives, local_pose, paired_value
 
 
 def top_pairs(W: Tensor, k: int, per_row: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -329,7 +329,7 @@ def _refine_on_inliers(
     Returns:
         ``(R (B, 3, 3), t (B, 3))``.
     """
-    problem = PairedProblem("reprojection", X, x, w, torch.zeros_like(w[:, 0]))
+    problem = PairedProblem(REPROJECTION, X, x, w, torch.zeros_like(w[:, 0]))
     eye = torch.eye(6, dtype=R.dtype, device=R.device)
     for _ in range(steps):
         f, grad, H, _ = derivatives(problem, R, t)

@@ -55,7 +55,7 @@ def default_tolerance(dtype: torch.dtype) -> float:
 
 def _behind(problem: PairedProblem, depth: Tensor) -> Tensor:
     """Reprojection only: does a weighted point have non-positive depth? (B,) bool."""
-    if problem.objective != "reprojection":
+    if not problem.objective.projective:
         return torch.zeros(depth.shape[0], dtype=torch.bool, device=depth.device)
     return ((problem.weight > 0) & (depth <= 0)).any(-1)
 
