@@ -50,7 +50,7 @@ from bpnp.geometry import (
     normalized_to_bearings,
     rotation_error_deg,
 )
-from bpnp.nodes import weighted_pnp
+from bpnp.nodes import RansacOptions, SolverOptions, weighted_pnp
 from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs, torch_ransac
 
 
@@ -293,22 +293,26 @@ def main() -> None:
     time_layer(x, X, W, 1, gp, pose_init=(R0, t0))  # warm-up
     f, b, dense_init = time_layer(x, X, W, r, gp, pose_init=(R0, t0))
     record(f"dense {args.n}x{args.n} angular, from init", f, b, dense_init)
-    f, b, out = time_layer(x, X, W, r, gp, init="opencv")
+    f, b, out = time_layer(x, X, W, r, gp, ransac=RansacOptions(backend="opencv"))
     record("dense angular, OpenCV init", f, b, out)
-    f, b, out = time_layer(x, X, W, r, gp, init="torch", generator=torch.Generator().manual_seed(0))
+    f, b, out = time_layer(
+        x, X, W, r, gp, ransac=RansacOptions(backend="torch"), generator=torch.Generator().manual_seed(0)
+    )
     record("dense angular, torch init", f, b, out)
-    f, b, out = time_layer(x, X, W, r, gp, pose_init=(R0, t0), objective="reprojection")
+    f, b, out = time_layer(x, X, W, r, gp, pose_init=(R0, t0), solver=SolverOptions(objective="reprojection"))
     record("dense reprojection, from init", f, b, out)
     f, b, out = time_layer(xk, Xk, w_k, r, gp, pose_init=(R0, t0))
     record(f"paired k={args.k} angular, from init", f, b, out)
-    f, b, out = time_layer(xk, Xk, w_k, r, gp, init="opencv")
+    f, b, out = time_layer(xk, Xk, w_k, r, gp, ransac=RansacOptions(backend="opencv"))
     record(f"paired k={args.k} angular, OpenCV init", f, b, out)
-    f, b, out = time_layer(xk, Xk, w_k, r, gp, init="torch", generator=torch.Generator().manual_seed(0))
+    f, b, out = time_layer(
+        xk, Xk, w_k, r, gp, ransac=RansacOptions(backend="torch"), generator=torch.Generator().manual_seed(0)
+    )
     record(f"paired k={args.k} angular, torch init", f, b, out)
-    robust = dict(objective="reprojection", robust="tanh", robust_scale=0.003)
-    f, b, out = time_layer(xk, Xk, w_k, r, gp, pose_init=(R0, t0), **robust)
+    robust = SolverOptions(objective="reprojection", robust="tanh", robust_scale=0.003)
+    f, b, out = time_layer(xk, Xk, w_k, r, gp, pose_init=(R0, t0), solver=robust)
     record(f"paired k={args.k} reprojection+tanh, from init", f, b, out)
-    f, b, out = time_layer(x, X, W, r, gp, pose_init=(R0, t0), sparse_topk=args.k, **robust)
+    f, b, out = time_layer(x, X, W, r, gp, pose_init=(R0, t0), sparse_topk=args.k, solver=robust)
     record(f"dense, sparse_topk={args.k} reproj.+tanh, from init", f, b, out)
 
     # Accuracy of the initial pose and of a sharp plan, for the bias comparison.

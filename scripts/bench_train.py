@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bpnp.data import SyntheticDataset, collate
 from bpnp.models import BlindPnPNet, NetConfig
-from bpnp.nodes import weighted_pnp
+from bpnp.nodes import RansacOptions, SolverOptions, weighted_pnp
 from bpnp.training.losses import correspondence_loss, rotation_loss, translation_loss
 
 
@@ -68,12 +68,23 @@ def main() -> None:
         if args.pose:
             with timed("ransac init"):
                 # max_iter=0: the layer returns its RANSAC initial pose.
-                init = weighted_pnp(x2d, b.points3d, P.detach(), max_iter=0, init=cfg.ransac_init,
-                                    topk=net.topk(args.points), ransac_threshold=cfg.ransac_threshold,
-                                    ransac_iterations=cfg.ransac_iterations)  # fmt: skip
+                init = weighted_pnp(
+                    x2d,
+                    b.points3d,
+                    P.detach(),
+                    solver=SolverOptions(max_iter=0),
+                    ransac=RansacOptions(
+                        backend=cfg.ransac_init,
+                        topk=net.topk(args.points),
+                        threshold=cfg.ransac_threshold,
+                        iterations=cfg.ransac_iterations,
+                    ),
+                )
                 R0, t0 = init.R_init, init.t_init
             with timed("pnp layer"):
-                res = weighted_pnp(x2d, b.points3d, P, pose_init=(R0, t0), max_iter=cfg.pnp_max_iter)
+                res = weighted_pnp(
+                    x2d, b.points3d, P, pose_init=(R0, t0), solver=SolverOptions(max_iter=cfg.pnp_max_iter)
+                )
             with timed("losses"):
                 loss = loss + (rotation_loss(res.R, b.R) + translation_loss(res.t, b.t)).mean()
         opt.zero_grad()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from bpnp.geometry import axis_angle_to_matrix
-from bpnp.nodes import sinkhorn, weighted_pnp
+from bpnp.nodes import SolverOptions, sinkhorn, weighted_pnp
 from bpnp.nodes.host_reads import count_host_reads
 
 
@@ -78,10 +78,10 @@ def pnp_cases(B: int, k: int, device: torch.device):
 
         def forward(iters=iters):
             with torch.no_grad():
-                weighted_pnp(x, X, w, pose_init=(R0, t), max_iter=iters, tol=0.0)
+                weighted_pnp(x, X, w, pose_init=(R0, t), solver=SolverOptions(max_iter=iters, tol=0.0))
 
         yield f"weighted_pnp forward from a pose, {iters} iterations", forward
-    res = weighted_pnp(x, X, w, pose_init=(R0, t), max_iter=30)
+    res = weighted_pnp(x, X, w, pose_init=(R0, t), solver=SolverOptions(max_iter=30))
 
     def backward():
         (res.R.sum() + res.t.sum()).backward(retain_graph=True)

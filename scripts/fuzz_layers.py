@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bpnp.geometry import axis_angle_to_matrix
-from bpnp.nodes import sinkhorn, weighted_pnp
+from bpnp.nodes import RansacOptions, SolverOptions, sinkhorn, weighted_pnp
 
 LAYERS = ("sinkhorn", "pnp")
 # An error is clear when its message names what was wrong: an argument (quoted single letters, as
@@ -566,7 +566,12 @@ def _pnp_call(case: Case, tensors: tuple, b: slice | None = None):
             kw["pose_init"] = tuple(p[b] for p in kw["pose_init"])
     if "generator" in kw:
         kw["generator"] = torch.Generator().manual_seed(kw["generator"].initial_seed())
-    return weighted_pnp(*tensors, **kw)
+    # A case keeps its settings in one flat, printable dict; the layer takes them as typed options
+    # (built here, so that a planted bad value is the layer call's error).
+    solver = {k: kw.pop(k) for k in ("objective", "robust", "max_iter") if k in kw}
+    if "init" in kw:
+        kw["ransac"] = RansacOptions(backend=kw.pop("init"))
+    return weighted_pnp(*tensors, solver=SolverOptions(**solver), **kw)
 
 
 def check_pnp_result(case: Case, res) -> list[str]:

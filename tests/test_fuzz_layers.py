@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpnp.geometry import axis_angle_to_matrix
-from bpnp.nodes import sinkhorn, weighted_pnp
+from bpnp.nodes import RansacOptions, SolverOptions, sinkhorn, weighted_pnp
 
 pytestmark = pytest.mark.slow  # subprocesses or long property runs
 
@@ -324,10 +324,11 @@ def pnp_batches(draw, mates: bool = False):
     rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     scenes = [_pnp_scene(kd, k, scale, rng) for kd in kinds]
     x, X, w, R, t = (_stack(scenes, key, shape) for key, shape in _scene_shapes(k).items())
-    kw = {
+    solver = {
         "objective": draw(st.sampled_from(["angular", "reprojection"])),
         "max_iter": draw(st.sampled_from([50, 50, 50, 0, 3])),
     }
+    kw = {}
     mask = None
     if draw(st.booleans()) or "padded" in kinds:
         mask = rng.random((B, k)) > 0.25
@@ -345,7 +346,7 @@ def pnp_batches(draw, mates: bool = False):
             kw["col_mask"] = torch.from_numpy(mask)
     else:
         if draw(st.booleans()):
-            kw["robust"] = draw(st.sampled_from(["huber", "cauchy", "tanh", "geman_mcclure"]))
+            solver["robust"] = draw(st.sampled_from(["huber", "cauchy", "tanh", "geman_mcclure"]))
         if mask is not None:
             kw["row_mask"] = torch.from_numpy(mask)
     if mask is not None:
@@ -362,9 +363,10 @@ def pnp_batches(draw, mates: bool = False):
         t0[[kd == "nan_init" for kd in kinds], 0] = math.nan
         kw["pose_init"] = (R0.to(dtype), t0.to(dtype))
     else:
-        kw["init"] = init
+        kw["ransac"] = RansacOptions(backend=init)
         if init == "torch":
             kw["generator"] = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    kw["solver"] = SolverOptions(**solver)
     args = tuple(torch.from_numpy(a).to(dtype) for a in (x, X, w))
     return args, kw, kinds, scale
 
@@ -455,7 +457,7 @@ def test_weighted_pnp_invalid_arguments_are_named_errors(dtype, dense, shape, wh
     B, k = shape
     x, X = torch.rand(B, k, 2, dtype=dtype), torch.rand(B, k, 3, dtype=dtype)
     w = torch.rand(B, k, k, dtype=dtype) if dense else torch.rand(B, k, dtype=dtype)
-    kw = {}
+    kw, solver = {}, {}
     if what == "weights":
         w = w[..., :-1]
     elif what == "x2d":
@@ -463,13 +465,13 @@ def test_weighted_pnp_invalid_arguments_are_named_errors(dtype, dense, shape, wh
     elif what == "x3d":
         X = X[..., :2]
     elif what == "objective":
-        kw["objective"] = "reprojection_error"
+        solver["objective"] = "reprojection_error"
     elif what == "robust":
-        kw["robust"] = "huber" if dense else "bisquare"
+        solver["robust"] = "huber" if dense else "bisquare"
     else:
         kw["pose_init"] = (torch.eye(3, dtype=dtype).expand(B + 1, 3, 3), torch.zeros(B, 3, dtype=dtype))
     with pytest.raises(ValueError, match=what):
-        weighted_pnp(x, X, w, **kw)
+        weighted_pnp(x, X, w, solver=SolverOptions(**solver), **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +493,9 @@ def test_torch_initialisation_does_not_depend_on_a_zero_weight_batch_mate():
     scene["x"][:4] = rng.uniform(-0.2, 0.2, (4, 2))  # a third of the pairs are outliers
     x, X, w = (torch.from_numpy(scene[k])[None] for k in ("x", "X", "w"))
     solve = [
-        weighted_pnp(xb, Xb, wb, init="torch", generator=torch.Generator().manual_seed(s))
+        weighted_pnp(
+            xb, Xb, wb, generator=torch.Generator().manual_seed(s), ransac=RansacOptions(backend="torch")
+        )
         for s in range(8)
         for xb, Xb, wb in ((x, X, w), (x.repeat(2, 1, 1), X.repeat(2, 1, 1), torch.cat([w, 0 * w])))
     ]
@@ -502,7 +506,7 @@ def test_torch_initialisation_does_not_depend_on_a_zero_weight_batch_mate():
 
 
 EMPTY = {
-    "B=0, torch init": ((0, 6, 2), (0, 6, 3), (0, 6), {"init": "torch"}),
+    "B=0, torch init": ((0, 6, 2), (0, 6, 3), (0, 6), {"ransac": RansacOptions(backend="torch")}),
     "k=0 pairs": ((2, 0, 2), (2, 0, 3), (2, 0), {}),
     "n=0 3D points": ((2, 3, 2), (2, 0, 3), (2, 3, 0), {}),
     "m=0 2D points": ((2, 0, 2), (2, 5, 3), (2, 0, 5), {}),

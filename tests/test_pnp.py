@@ -11,7 +11,7 @@ import torch
 from torch.autograd import gradcheck
 
 from bpnp.geometry import axis_angle_to_matrix, matrix_to_axis_angle, rotation_error_deg
-from bpnp.nodes import PnPResult, weighted_pnp
+from bpnp.nodes import PnPResult, RansacOptions, SolverOptions, weighted_pnp
 from bpnp.nodes.pnp import checks
 
 F64 = torch.float64
@@ -46,7 +46,7 @@ def test_noise_free_pose_recovered(objective, form):
         W.scatter_(2, perm[..., None], 1.0)
     else:
         W = torch.rand(4, 30, dtype=F64) + 0.5
-    res = weighted_pnp(x, X, W, objective=objective)
+    res = weighted_pnp(x, X, W, solver=SolverOptions(objective=objective))
     assert isinstance(res, PnPResult)
     assert res.valid.all() and res.converged.all()
     assert (rotation_error_deg(res.R, R) * math.pi / 180).max() < 1e-9
@@ -57,7 +57,7 @@ def test_noise_free_pose_recovered(objective, form):
 def test_noisy_objective_no_worse_than_opencv_iterative():
     B, n = 6, 40
     x, X, _, _ = make_scene(B, n, noise=0.01, seed=2)
-    res = weighted_pnp(x, X, torch.ones(B, n, dtype=F64), objective="reprojection")
+    res = weighted_pnp(x, X, torch.ones(B, n, dtype=F64), solver=SolverOptions(objective="reprojection"))
     assert res.valid.all()
     for b in range(B):
         Xb, xb = X[b].numpy(), x[b].numpy()
@@ -89,8 +89,8 @@ def test_gradcheck(form, objective, robust):
     scale = 0.003
 
     def fn(x2d, x3d, w):
-        kw = dict(objective=objective, robust=robust, robust_scale=scale)
-        r = weighted_pnp(x2d, x3d, w, pose_init=(R, t), **kw)
+        opts = SolverOptions(objective=objective, robust=robust, robust_scale=scale)
+        r = weighted_pnp(x2d, x3d, w, pose_init=(R, t), solver=opts)
         assert r.valid.all() and r.converged.all()
         return r.R, r.t, r.objective
 
@@ -107,9 +107,13 @@ def test_ransac_with_half_wrong_pairs(init):
     x = torch.where(wrong[None, :, None], torch.rand(B, k, 2, generator=g, dtype=F64) * 0.4 - 0.2, x)
     w = torch.rand(B, k, generator=g, dtype=F64) * 0.5 + 0.5
     res = weighted_pnp(
-        x, X, w, objective="reprojection", robust="tanh", robust_scale=0.003, init=init,
+        x,
+        X,
+        w,
         generator=torch.Generator().manual_seed(7),
-    )  # fmt: skip
+        solver=SolverOptions(objective="reprojection", robust="tanh", robust_scale=0.003),
+        ransac=RansacOptions(backend=init),
+    )
     assert res.valid.all()
     assert rotation_error_deg(res.R, R).max() < 0.1
     assert (res.t - t).norm(dim=-1).max() < 0.02
@@ -125,9 +129,14 @@ def test_dense_plan_half_wrong_top_pairs_sparse_robust(init):
     W[:, idx, idx] += 1.0 * (idx % 2 == 0)  # true matches for half of the points
     W[:, idx, (idx + 7) % n] += 1.0 * (idx % 2 == 1)  # wrong matches, as heavy, for the other half
     res = weighted_pnp(
-        x, X, W, objective="reprojection", robust="tanh", robust_scale=0.003, init=init, topk=100,
-        sparse_topk=100, generator=torch.Generator().manual_seed(10),
-    )  # fmt: skip
+        x,
+        X,
+        W,
+        sparse_topk=100,
+        generator=torch.Generator().manual_seed(10),
+        solver=SolverOptions(objective="reprojection", robust="tanh", robust_scale=0.003),
+        ransac=RansacOptions(backend=init, topk=100),
+    )
     assert res.valid.all()
     assert rotation_error_deg(res.R, R).max() < 0.1
 
@@ -163,7 +172,9 @@ def test_dtypes_and_grad_modes(dtype, mode):
     ctx = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference": torch.inference_mode}[mode]
     with ctx():
         W_in = W.requires_grad_() if mode == "grad" else W
-        res = weighted_pnp(x, X, W_in, init="torch", generator=torch.Generator().manual_seed(0))
+        res = weighted_pnp(
+            x, X, W_in, generator=torch.Generator().manual_seed(0), ransac=RansacOptions(backend="torch")
+        )
     assert res.R.dtype == dtype and res.t.dtype == dtype
     assert res.valid.all()
     assert rotation_error_deg(res.R, R).max() < 0.5  # the diffuse mass biases the dense objective a little
@@ -259,7 +270,7 @@ def test_degenerate_sample_in_batch(kind, caplog, monkeypatch):
     x, X, w, (R, t), objective = _degenerate(kind)
     inputs = [v.clone().requires_grad_() for v in (x, X, w)]
     with caplog.at_level(logging.WARNING, logger="bpnp.nodes.pnp"):
-        res = weighted_pnp(*inputs, pose_init=(R, t), objective=objective)
+        res = weighted_pnp(*inputs, pose_init=(R, t), solver=SolverOptions(objective=objective))
     assert res.valid.tolist() == [True, False]
     assert [r.getMessage() for r in caplog.records if REASON[kind] in r.getMessage()]
     for out in (res.R, res.t, res.objective):
@@ -267,7 +278,7 @@ def test_degenerate_sample_in_batch(kind, caplog, monkeypatch):
     (res.R.sum() + res.t.sum() + res.objective.sum()).backward()
 
     alone_inputs = [v[:1].clone().requires_grad_() for v in (x, X, w)]
-    alone = weighted_pnp(*alone_inputs, pose_init=(R[:1], t[:1]), objective=objective)
+    alone = weighted_pnp(*alone_inputs, pose_init=(R[:1], t[:1]), solver=SolverOptions(objective=objective))
     (alone.R.sum() + alone.t.sum() + alone.objective.sum()).backward()
     torch.testing.assert_close(res.R[:1], alone.R, atol=0, rtol=0)
     torch.testing.assert_close(res.t[:1], alone.t, atol=0, rtol=0)
@@ -293,7 +304,7 @@ def test_degenerate_warning_logged_once(caplog, monkeypatch):
     x, X, w, pose, objective = _degenerate("zero_weights")
     with caplog.at_level(logging.WARNING, logger="bpnp.nodes.pnp"):
         for _ in range(3):
-            weighted_pnp(x, X, w, pose_init=pose, objective=objective)
+            weighted_pnp(x, X, w, pose_init=pose, solver=SolverOptions(objective=objective))
     msgs = [r for r in caplog.records if "all weights zero" in r.getMessage()]
     assert len(msgs) == 1
 
@@ -301,11 +312,13 @@ def test_degenerate_warning_logged_once(caplog, monkeypatch):
 def test_invalid_arguments():
     x, X, _, _ = make_scene(1, 8)
     with pytest.raises(ValueError):
-        weighted_pnp(x, X, torch.ones(1, 8, 8, dtype=F64), robust="huber")  # dense needs sparse_topk
+        weighted_pnp(
+            x, X, torch.ones(1, 8, 8, dtype=F64), solver=SolverOptions(robust="huber")
+        )  # dense needs sparse_topk
     with pytest.raises(ValueError):
         weighted_pnp(x, X, torch.ones(1, 7, dtype=F64))
     with pytest.raises(ValueError):
-        weighted_pnp(x, X, torch.ones(1, 8, dtype=F64), objective="euclidean")
+        weighted_pnp(x, X, torch.ones(1, 8, dtype=F64), solver=SolverOptions(objective="euclidean"))
 
 
 @pytest.mark.gpu
@@ -318,14 +331,16 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gpu.R.cpu(), cpu.R, atol=1e-10, rtol=0)
     gpu.t.sum().backward()
     assert torch.isfinite(Wc.grad).all()
-    res = weighted_pnp(x.cuda(), X.cuda(), W.cuda(), init="torch")
+    res = weighted_pnp(x.cuda(), X.cuda(), W.cuda(), ransac=RansacOptions(backend="torch"))
     assert res.valid.all() and res.R.device.type == "cuda"
 
 
 def test_max_iter_zero_returns_the_initial_pose():
     x, X, R, t = make_scene(2, 20, noise=0.01, seed=18)
     R0 = axis_angle_to_matrix(torch.tensor([[0.01, 0.0, 0.0], [0.0, 0.02, 0.0]], dtype=F64)) @ R
-    res = weighted_pnp(x, X, torch.ones(2, 20, dtype=F64), pose_init=(R0, t), max_iter=0)
+    res = weighted_pnp(
+        x, X, torch.ones(2, 20, dtype=F64), pose_init=(R0, t), solver=SolverOptions(max_iter=0)
+    )
     assert res.iterations.eq(0).all()
     torch.testing.assert_close(res.R, R0, atol=0, rtol=0)
     torch.testing.assert_close(res.t, t, atol=1e-12, rtol=0)  # through the normalised frame and back
@@ -342,9 +357,9 @@ def test_converges_from_a_distant_initial_pose(objective, robust):
     R0 = axis_angle_to_matrix(axis * math.radians(20)) @ R
     t0 = t + torch.tensor([0.3, -0.2, 1.0], dtype=F64)
     w = torch.ones(4, 60, dtype=F64)
-    kw = dict(objective=objective, robust=robust, robust_scale=0.05)
-    res = weighted_pnp(x, X, w, pose_init=(R0, t0), **kw)
-    near = weighted_pnp(x, X, w, pose_init=(R, t), **kw)  # the minimum next to the true pose
+    opts = SolverOptions(objective=objective, robust=robust, robust_scale=0.05)
+    res = weighted_pnp(x, X, w, pose_init=(R0, t0), solver=opts)
+    near = weighted_pnp(x, X, w, pose_init=(R, t), solver=opts)  # the minimum next to the true pose
     assert res.valid.all() and res.converged.all()
     assert (rotation_error_deg(res.R, near.R) * math.pi / 180).max() < 1e-9
     torch.testing.assert_close(res.t, near.t, atol=1e-9, rtol=0)
@@ -365,7 +380,9 @@ def test_scene_scale_changes_nothing(dtype, form):
     for scale in (1e-3, 1.0, 1e3):
         Ws = W.clone().requires_grad_()
         Xs = (X * scale).requires_grad_()
-        res = weighted_pnp(x, Xs, Ws, init="torch", generator=torch.Generator().manual_seed(0))
+        res = weighted_pnp(
+            x, Xs, Ws, generator=torch.Generator().manual_seed(0), ransac=RansacOptions(backend="torch")
+        )
         loss = (res.R * torch.arange(9, dtype=dtype).view(3, 3)).sum() + (res.t / scale).square().sum()
         loss.backward()
         out[scale] = (res.R.detach(), res.t.detach() / scale, res.valid, Ws.grad, Xs.grad * scale)
@@ -384,7 +401,7 @@ def test_unconverged_samples_are_flagged_but_keep_their_refined_pose():
     x, X, R, t = make_scene(3, 30, noise=0.01, seed=42)
     R0 = axis_angle_to_matrix(torch.tensor([[0.3, 0.0, 0.0]], dtype=F64).expand(3, 3)) @ R
     W = torch.ones(3, 30, dtype=F64, requires_grad=True)
-    res = weighted_pnp(x, X, W, pose_init=(R0, t), max_iter=2)
+    res = weighted_pnp(x, X, W, pose_init=(R0, t), solver=SolverOptions(max_iter=2))
     assert not res.converged.any() and not res.valid.any() and res.refined.all()
     # two iterations from 17 degrees got closer than the start, but it is not a stationary point
     assert (rotation_error_deg(res.R, R) < rotation_error_deg(R0, R)).all()
@@ -443,18 +460,27 @@ def test_a_wrong_minimum_is_flagged_against_the_noise_level(objective):
         tm.append(torch.from_numpy(tvecs[best].ravel()))
     mirror = (torch.stack(Rm), torch.stack(tm))
     w = torch.ones(12, 30, dtype=F64)
-    far = rotation_error_deg(weighted_pnp(x, X, w, pose_init=mirror, objective=objective).R, R) > 5
+    far = (
+        rotation_error_deg(
+            weighted_pnp(x, X, w, pose_init=mirror, solver=SolverOptions(objective=objective)).R, R
+        )
+        > 5
+    )
     assert far.sum() >= 6  # the mirrored minimum holds the solver in these samples
-    plain = weighted_pnp(x, X, w, pose_init=mirror, objective=objective)
+    plain = weighted_pnp(x, X, w, pose_init=mirror, solver=SolverOptions(objective=objective))
     assert plain.valid[far].all()  # a stationary point: valid without a noise level
-    res = weighted_pnp(x, X, w, pose_init=mirror, objective=objective, noise_level=sigma)
+    res = weighted_pnp(
+        x, X, w, pose_init=mirror, solver=SolverOptions(objective=objective, noise_level=sigma)
+    )
     assert not res.valid[far].any()
     assert res.valid[~far].all()
     # at the true pose the same noise never trips the test
-    right = weighted_pnp(x, X, w, pose_init=(R, t), objective=objective, noise_level=sigma)
+    right = weighted_pnp(
+        x, X, w, pose_init=(R, t), solver=SolverOptions(objective=objective, noise_level=sigma)
+    )
     assert right.valid.all() and rotation_error_deg(right.R, R).max() < 1.0
     with pytest.raises(ValueError, match="noise_level"):
-        weighted_pnp(x, X, w, noise_level=-1.0)
+        weighted_pnp(x, X, w, solver=SolverOptions(noise_level=-1.0))
 
 
 def test_three_distinct_points_repeated_are_flagged():
@@ -482,7 +508,11 @@ def test_distinct_points_counts_duplicates_once():
 def test_torch_initialisation_with_fewer_than_six_pairs(n):
     x, X, R, t = make_scene(30, n, seed=48)
     res = weighted_pnp(
-        x, X, torch.ones(30, n, dtype=F64), init="torch", generator=torch.Generator().manual_seed(0)
+        x,
+        X,
+        torch.ones(30, n, dtype=F64),
+        generator=torch.Generator().manual_seed(0),
+        ransac=RansacOptions(backend="torch"),
     )
     good = res.valid & (rotation_error_deg(res.R, R) < 1e-6)
     # four points may have two exact poses; none may be wrong and still valid

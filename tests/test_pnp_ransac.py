@@ -5,7 +5,7 @@ import torch
 
 from bpnp.geometry import axis_angle_to_matrix, rotation_error_deg
 from bpnp.models.network import NetConfig
-from bpnp.nodes import weighted_pnp
+from bpnp.nodes import RansacOptions, SolverOptions, weighted_pnp
 from bpnp.nodes.pnp import layer
 from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs, torch_ransac
 
@@ -128,15 +128,15 @@ def test_auto_init_is_opencv_on_the_cpu(monkeypatch):
         return opencv_ransac(*args, **kwargs)
 
     monkeypatch.setattr(layer, "opencv_ransac", spy)
-    auto = weighted_pnp(x, X, w, max_iter=0)
+    auto = weighted_pnp(x, X, w, solver=SolverOptions(max_iter=0))
     assert calls == ["opencv"]
-    cv = weighted_pnp(x, X, w, max_iter=0, init="opencv")
+    cv = weighted_pnp(x, X, w, solver=SolverOptions(max_iter=0), ransac=RansacOptions(backend="opencv"))
     torch.testing.assert_close(auto.R_init, cv.R_init, atol=0, rtol=0)
     assert layer.resolve_init("auto", torch.device("cpu")) == "opencv"
     assert layer.resolve_init("auto", torch.device("cuda")) == "torch"
     assert layer.resolve_init("torch", torch.device("cpu")) == "torch"
     with pytest.raises(ValueError, match="init must be one of"):
-        weighted_pnp(x, X, w, init="dlt")
+        weighted_pnp(x, X, w, ransac=RansacOptions(backend="dlt"))
     # The network's default follows, and the values older checkpoints recorded still load.
     assert NetConfig().ransac_init == "auto"
     assert NetConfig(ransac_init="opencv").ransac_init == "opencv" and NetConfig(ransac_init="torch")

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from bpnp.geometry import bearing_angles, normalized_to_bearings, pixels_to_normalized
 from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
-from bpnp.nodes import PnPResult, Sinkhorn, weighted_pnp
+from bpnp.nodes import PnPResult, RansacOptions, Sinkhorn, SolverOptions, weighted_pnp
 from bpnp.nodes.pnp.layer import INITS, resolve_init
 from bpnp.nodes.pnp.ransac import hungarian_pairs, opencv_ransac, score_poses, top_pairs, torch_ransac
 from bpnp.nodes.sinkhorn import SolverInfo
@@ -301,6 +301,11 @@ class BlindPnPNet(nn.Module):
         """Pairs of the plan handed to RANSAC (and reported as matches) for ``m`` 2D points."""
         return max(4, min(1000, int(self.config.topk_factor * m)))
 
+    def ransac_options(self, m: int) -> RansacOptions:
+        """The pose stage's RANSAC for ``m`` 2D points."""
+        c = self.config
+        return RansacOptions(c.ransac_init, self.topk(m), c.ransac_threshold, c.ransac_iterations)
+
     def features(
         self,
         bearings: Tensor,
@@ -468,9 +473,8 @@ class BlindPnPNet(nn.Module):
         reference)."""
         c = self.config
         ransac = weighted_pnp(
-            x2d, points3d, P, max_iter=0, init=c.ransac_init, topk=self.topk(x2d.shape[1]),
-            ransac_threshold=c.ransac_threshold, ransac_iterations=c.ransac_iterations,
-            row_mask=mask2d, col_mask=mask3d,
+            x2d, points3d, P, row_mask=mask2d, col_mask=mask3d, solver=SolverOptions(max_iter=0),
+            ransac=self.ransac_options(x2d.shape[1]),
         )  # fmt: skip
         Rs = [ref[0].to(P.dtype), ransac.R_init]
         ts = [ref[1].to(P.dtype), ransac.t_init]
@@ -525,18 +529,17 @@ class BlindPnPNet(nn.Module):
                 x2d.to(dtype),
                 points3d.to(dtype),
                 out.P.to(dtype),
-                objective=c.pnp_objective,
                 pose_init=pose_init,
-                max_iter=c.pnp_max_iter if c.use_pnp and refine else 0,
-                init=c.ransac_init,
-                topk=self.topk(x2d.shape[1]),
-                ransac_threshold=c.ransac_threshold,
-                ransac_iterations=c.ransac_iterations,
                 sparse_topk=c.pnp_sparse_topk,
-                robust=c.pnp_robust,
-                robust_scale=c.pnp_robust_scale,
                 row_mask=mask2d,
                 col_mask=mask3d,
+                solver=SolverOptions(
+                    objective=c.pnp_objective,
+                    max_iter=c.pnp_max_iter if c.use_pnp and refine else 0,
+                    robust=c.pnp_robust,
+                    robust_scale=c.pnp_robust_scale,
+                ),
+                ransac=self.ransac_options(x2d.shape[1]),
             )
         out.R_init, out.t_init, out.valid = res.R_init, res.t_init, res.valid
         out.pnp = res

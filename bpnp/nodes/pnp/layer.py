@@ -9,7 +9,6 @@ incoming gradient in those coordinates, ``u = H^-1 v`` and, for every input ``x`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,15 +30,12 @@ from bpnp.nodes.pnp.objectives import (
     camera_points,
     derivatives,
     local_pose,
-    objective_named,
     paired_objective,
 )
+from bpnp.nodes.pnp.options import INITS, RansacOptions, SolverOptions
 from bpnp.nodes.pnp.ransac import opencv_ransac, top_pairs, torch_ransac
-from bpnp.nodes.pnp.robust import RobustKernel, robust_kernel
+from bpnp.nodes.pnp.robust import RobustKernel
 from bpnp.nodes.pnp.solver import levenberg_marquardt
-
-# RANSAC initialisations of weighted_pnp's ``init``.
-INITS = ("auto", "opencv", "torch")
 
 
 @dataclass
@@ -298,10 +294,15 @@ def _apply_masks(
 
 
 def _initial_pose(
-    dense: bool, x2d: Tensor, x3d: Tensor, weights: Tensor, init: str, topk: int | None,
-    threshold: float, iterations: int, generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    dense: bool,
+    x2d: Tensor,
+    x3d: Tensor,
+    weights: Tensor,
+    opts: RansacOptions,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
     """RANSAC on the top-k weighted pairs (no gradients)."""
+    topk, threshold, iterations = opts.topk, opts.threshold, opts.iterations
     with torch.no_grad():
         if dense:
             k = topk if topk is not None else min(1000, int(1.5 * x2d.shape[1]))
@@ -315,7 +316,7 @@ def _initial_pose(
         # Samples with non-finite candidates are invalid anyway; zeros keep the linear algebra defined.
         finite = _samples_finite(x, X, w)
         x, X, w = _zero_samples(x, finite), _zero_samples(X, finite), _zero_samples(w, finite)
-        if resolve_init(init, x.device) == "opencv":
+        if resolve_init(opts.backend, x.device) == "opencv":
             R, t, _ = opencv_ransac(x, X, w, threshold, iterations)
         else:
             R, t, _ = torch_ransac(x, X, w, threshold, iterations, generator=generator)
@@ -344,20 +345,12 @@ def weighted_pnp(
     weights: Tensor,
     *,
     pose_init: tuple[Tensor, Tensor] | None = None,
-    objective: str | Objective = "angular",
-    robust: str | RobustKernel | None = None,
-    robust_scale: float = 0.01,
-    max_iter: int = 50,
-    tol: float | None = None,
-    init: str = "auto",
-    topk: int | None = None,
-    ransac_threshold: float = 0.01,
-    ransac_iterations: int = 1000,
+    solver: SolverOptions | None = None,
+    ransac: RansacOptions | None = None,
     sparse_topk: int | None = None,
     row_mask: Tensor | None = None,
     col_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
-    noise_level: float | None = None,
 ) -> PnPResult:
     """Weighted PnP as a differentiable layer: the pose minimising a weighted 2D-3D objective.
 
@@ -366,12 +359,12 @@ def weighted_pnp(
         transport plan); each solver iteration costs O(n) after one bmm ``W^T [b | x | 1]``.
       - paired: ``x2d`` (B, k, 2), ``x3d`` (B, k, 3), ``weights`` (B, k).
 
-    Objectives (per pair, with ``X = R p + t``): "angular" ``1 - b . normalise(X)`` with the bearing
-    ``b = normalise([x; 1])``; "reprojection" ``|pi(X) - x|^2`` in normalised image coordinates.
-    ``robust`` ("huber", "cauchy", "tanh", "geman_mcclure"; scale ``robust_scale`` in the units of a
-    residual, applied to these squared errors as ``rho(e)``, see :mod:`bpnp.nodes.pnp.robust`) needs the
-    paired form; for a dense plan pass ``sparse_topk`` to solve on its ``sparse_topk`` largest pairs,
-    which also removes the bias a diffuse plan puts on the dense objective.
+    Objectives (:class:`~bpnp.nodes.pnp.options.SolverOptions`; per pair, with ``X = R p + t``):
+    "angular" ``1 - b . normalise(X)`` with the bearing ``b = normalise([x; 1])``; "reprojection"
+    ``|pi(X) - x|^2`` in normalised image coordinates. A robust kernel (applied to these squared
+    errors as ``rho(e)``, see :mod:`bpnp.nodes.pnp.robust`) needs the paired form; for a dense plan
+    pass ``sparse_topk`` to solve on its ``sparse_topk`` largest pairs, which also removes the bias a
+    diffuse plan puts on the dense objective.
 
     Gradients of any loss on ``R``, ``t`` and ``objective`` reach ``weights``, ``x2d`` and ``x3d``
     by implicit differentiation. Samples that are degenerate (all weights zero, fewer than 4 effective
@@ -387,43 +380,27 @@ def weighted_pnp(
         x3d: world points.
         weights: non-negative weights, dense (B, m, n) or paired (B, k).
         pose_init: ``(R (B, 3, 3), t (B, 3))``, or None to initialise by RANSAC on the top-k pairs.
-        objective: "angular" or "reprojection", or an :class:`~bpnp.nodes.pnp.objectives.Objective`.
-        robust: robust kernel (a name, a :class:`~bpnp.nodes.pnp.robust.RobustKernel`) or None
-            (paired form only).
-        robust_scale: residual scale of the robust kernel.
-        max_iter: Levenberg-Marquardt iterations at most.
-        tol: relative step tolerance (default 1e-12 in float64, 1e-6 otherwise).
-        init: RANSAC initialisation (P3P hypotheses, 4 positive pairs needed): "opencv"
-            (``solvePnPRansac`` per sample on the CPU; both IPPE poses also scored on planar scenes),
-            "torch" (batched Lambda Twist P3P RANSAC on the tensors' device,
-            :func:`~bpnp.nodes.pnp.ransac.torch_ransac`), or "auto" (default): OpenCV for CPU
-            tensors, torch otherwise.
-        topk: pairs given to RANSAC (default ``min(1000, 1.5 m)`` dense, all pairs paired).
-        ransac_threshold: inlier threshold in normalised image units.
-        ransac_iterations: RANSAC iterations (minimal samples per sample at most; both stop early
-            by the adaptive bound at confidence 0.999).
+        solver: the objective, robust kernel and Levenberg-Marquardt settings (default
+            ``SolverOptions()``: angular, no kernel, 50 iterations).
+        ransac: the initialisation when ``pose_init`` is None (default ``RansacOptions()``: OpenCV
+            on CPU tensors, the batched torch P3P RANSAC elsewhere).
         sparse_topk: dense form only: solve on the ``sparse_topk`` largest pairs (paired problem).
         row_mask: (B, m) bool, False for padded 2D points (paired: padded pairs).
         col_mask: (B, n) bool, False for padded 3D points (paired: padded pairs).
         generator: random generator of the torch RANSAC, on the inputs' device.
-        noise_level: expected RMS residual of a true pair (normalised image units; radians for
-            "angular"), or None. Given, a converged sample whose weighted mean pair error is above
-            that of a ``3 * noise_level`` residual is flagged invalid ("objective far above the noise
-            level"): a wrong local minimum, such as a planar scene's mirror pose. Meaningful when the
-            weights sit on true pairs (a trained plan's top pairs, known matches), since the mean
-            counts every weighted pair.
     Returns:
         :class:`PnPResult`.
     """
-    # Long because the docstring documents every keyword, about half of its lines.
-    dense = _check_shapes(x2d, x3d, weights)
-    objective, kernel = objective_named(objective), robust_kernel(robust)
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if noise_level is not None and not (math.isfinite(noise_level) and noise_level > 0):
-        raise ValueError(
-            f"weighted_pnp: 'noise_level' must be a positive finite number or None, got {noise_level!r}"
+    # Long because the docstring documents every argument, about half of its lines.
+    solver = SolverOptions() if solver is None else solver
+    ransac = RansacOptions() if ransac is None else ransac
+    if not isinstance(solver, SolverOptions) or not isinstance(ransac, RansacOptions):
+        raise TypeError(
+            f"weighted_pnp: 'solver' must be a SolverOptions and 'ransac' a RansacOptions, got "
+            f"{type(solver).__name__} and {type(ransac).__name__}"
         )
+    dense = _check_shapes(x2d, x3d, weights)
+    objective, kernel = solver.objective_fn, solver.kernel
     if dense and not kernel.identity and sparse_topk is None:
         raise ValueError("robust kernels need the paired form: pass sparse_topk for a dense plan")
     dtype = torch.promote_types(torch.promote_types(x2d.dtype, x3d.dtype), weights.dtype)
@@ -454,9 +431,7 @@ def weighted_pnp(
     c, s = _scene_frame(x3d.detach(), _point_mask(dense, x3d, weights, col_mask))
     x3d = (x3d - c[:, None]) / s[:, None, None]
     if pose_init is None:
-        R0, t0 = _initial_pose(
-            dense, x2d, x3d, weights, init, topk, ransac_threshold, ransac_iterations, generator
-        )
+        R0, t0 = _initial_pose(dense, x2d, x3d, weights, ransac, generator)
     else:
         R0, t0 = pose_init
         t0 = ((R0 @ c[..., None]).squeeze(-1) + t0) / s[:, None]
@@ -464,7 +439,9 @@ def weighted_pnp(
     R0 = torch.where(init_ok[:, None, None], R0, torch.eye(3, dtype=dtype, device=R0.device).expand_as(R0))
     t0 = torch.where(init_ok[:, None], t0, torch.zeros_like(t0))
 
-    cfg = _Config(dense, objective, kernel, robust_scale**2, max_iter, tol, noise_level)
+    cfg = _Config(
+        dense, objective, kernel, solver.robust_scale**2, solver.max_iter, solver.tol, solver.noise_level
+    )
     R, t, value, valid, refined, iterations, converged = declarative(
         PnPNode(cfg), x2d, x3d, weights, R0, t0, init_ok
     )
