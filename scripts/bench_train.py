@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bpnp.data import SyntheticDataset, collate
 from bpnp.models import BlindPnPNet, NetConfig
-from bpnp.nodes import RansacOptions, SolverOptions, weighted_pnp
+from bpnp.nodes import SolverOptions, weighted_pnp
 from bpnp.training.losses import correspondence_loss, rotation_loss, translation_loss
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     args = p.parse_args()
 
     cfg = NetConfig(
-        knn=args.knn, blocks=args.blocks, sinkhorn_iters=args.sinkhorn_iters, ransac_init=args.ransac
+        knn=args.knn, blocks=args.blocks, sinkhorn_iters=args.sinkhorn_iters, ransac={"backend": args.ransac}
     )
     net = BlindPnPNet(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-3)
@@ -73,17 +73,12 @@ def main() -> None:
                     b.points3d,
                     P.detach(),
                     solver=SolverOptions(max_iter=0),
-                    ransac=RansacOptions(
-                        backend=cfg.ransac_init,
-                        topk=net.topk(args.points),
-                        threshold=cfg.ransac_threshold,
-                        iterations=cfg.ransac_iterations,
-                    ),
+                    ransac=net.ransac_options(args.points),
                 )
                 R0, t0 = init.R_init, init.t_init
             with timed("pnp layer"):
                 res = weighted_pnp(
-                    x2d, b.points3d, P, pose_init=(R0, t0), solver=SolverOptions(max_iter=cfg.pnp_max_iter)
+                    x2d, b.points3d, P, pose_init=(R0, t0), solver=SolverOptions(max_iter=cfg.pnp.max_iter)
                 )
             with timed("losses"):
                 loss = loss + (rotation_loss(res.R, b.R) + translation_loss(res.t, b.t)).mean()

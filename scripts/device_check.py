@@ -111,7 +111,7 @@ def latency_rows(device: torch.device, points: int, batch: int, repeats: int) ->
     """Inference per problem of BPnPNet's network (12 blocks, 100 Sinkhorn iterations, RANSAC and
     the PnP layer), and one training step (forward with the pose stage, a loss, backward)."""
     torch.manual_seed(0)
-    net = BlindPnPNet(NetConfig(ransac_iterations=1000)).to(device)
+    net = BlindPnPNet(NetConfig(ransac={"iterations": 1000})).to(device)
     data = SyntheticDataset(num_samples=batch, num_points=points, seed=0)
     b = collate([data[i] for i in range(batch)]).to(device)
 

@@ -50,7 +50,7 @@ def datamodule(val_samples: int) -> BlindPnPDataModule:
 def main(mode: str, out: str, devices: int = 2, val_samples: int = 5) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0, workers=True)
-    net = NetConfig(blocks=1, ransac_iterations=50)
+    net = NetConfig(blocks=1, ransac={"iterations": 50})
     trainer_args = dict(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

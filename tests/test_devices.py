@@ -48,7 +48,9 @@ def test_layers_on_the_device_match_the_cpu_in_float64(device, dtype):
 
 def test_network_forward_on_the_device_matches_the_cpu(device):
     torch.manual_seed(0)
-    net = BlindPnPNet(NetConfig(blocks=1, channels=16, feature_dim=16, knn=4, ransac_iterations=100)).double()
+    net = BlindPnPNet(
+        NetConfig(blocks=1, channels=16, feature_dim=16, knn=4, ransac={"iterations": 100})
+    ).double()
     data = SyntheticDataset(num_samples=2, num_points=40, seed=1)
     b = collate([data[i] for i in range(len(data))])
     ref = net(b.points2d.double(), b.points3d.double(), b.K.double())

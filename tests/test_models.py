@@ -1,3 +1,4 @@
+import io
 import math
 
 import pytest
@@ -14,6 +15,8 @@ from bpnp.models import (
     masked_context_norm,
     normalise_cloud,
 )
+from bpnp.models.pretrained import load_pretrained
+from bpnp.nodes import RansacOptions, SolverOptions
 from bpnp.training.losses import match_matrix
 
 
@@ -103,7 +106,13 @@ def test_network_forward_backward_and_predict(cfg):
 def test_autocast_keeps_geometry_and_cost_accurate(dtype):
     torch.manual_seed(0)
     net = BlindPnPNet(
-        NetConfig(blocks=1, channels=16, feature_dim=16, ransac_iterations=50, pnp_objective="reprojection")
+        NetConfig(
+            blocks=1,
+            channels=16,
+            feature_dim=16,
+            ransac={"iterations": 50},
+            pnp={"objective": "reprojection"},
+        )
     )
     b = collate([SyntheticDataset(num_samples=2, num_points=24, seed=2)[i] for i in range(2)])
     _, x2d_ref = net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
@@ -209,7 +218,7 @@ def test_bearing_prior_adds_the_scaled_angle_to_the_cost():
 def test_reference_initialisation_picks_the_pose_with_more_inliers():
     torch.manual_seed(0)
     net = BlindPnPNet(
-        NetConfig(blocks=1, channels=16, feature_dim=16, reference_init=True, ransac_iterations=200)
+        NetConfig(blocks=1, channels=16, feature_dim=16, reference_init=True, ransac={"iterations": 200})
     )
     s = SyntheticDataset(num_samples=1, num_points=60, seed=3, noise_px=0.5)[0]
     b = collate([s])
@@ -248,7 +257,7 @@ def test_candidates_count_support_on_the_one_to_one_assignment_when_asked():
     torch.manual_seed(0)
     net = BlindPnPNet(
         NetConfig(blocks=1, channels=16, feature_dim=16, reference_init=True, hungarian_init=True,
-                  ransac_iterations=200)
+                  ransac={"iterations": 200})
     )  # fmt: skip
     b = collate([SyntheticDataset(num_samples=1, num_points=60, seed=3, noise_px=0.5)[0]])
     from bpnp.geometry import pixels_to_normalized, project_normalized
@@ -286,7 +295,7 @@ def test_candidates_count_support_on_the_one_to_one_assignment_when_asked():
 def test_rematching_uses_the_previous_pose_as_the_reference_view():
     torch.manual_seed(0)
     cfg = dict(blocks=1, channels=16, feature_dim=16, knn=4, input3d="bearings", bearing_prior=10.0,
-               reference_init=True, ransac_iterations=100)  # fmt: skip
+               reference_init=True, ransac={"iterations": 100})  # fmt: skip
     one, two = BlindPnPNet(NetConfig(**cfg)), BlindPnPNet(NetConfig(**cfg, rematch_passes=1))
     two.load_state_dict(one.state_dict())
     ds = SyntheticDataset(num_samples=2, num_points=30, seed=6, reference_view_deg=10.0, noise_px=0.5)
@@ -319,3 +328,39 @@ def test_one_to_one_pairs_hand_computed():
     rows, cols, w = one_to_one_pairs(M, torch.ones(1, 2, dtype=torch.bool), mask3d, 5.0)
     pairs = {(int(r), int(c)) for r, c, k in zip(rows[0], cols[0], w[0], strict=True) if k > 0}
     assert pairs == {(0, 1)}  # row 1 gets column 2, at 9.0: beyond the clip
+
+
+LEGACY = {
+    "blocks": 1, "pnp_objective": "reprojection", "pnp_robust": "tanh", "pnp_robust_scale": 0.003,
+    "pnp_sparse_topk": 64, "ransac_init": "opencv", "ransac_threshold": 0.004, "ransac_iterations": 200,
+}  # fmt: skip
+
+
+def test_older_flat_settings_load_into_the_nested_options():
+    """Configs and checkpoints of older versions name the PnP and RANSAC settings flat (pnp_*,
+    ransac_*): a dict, a pickled config object and pose-stage overrides all read them."""
+    cfg = NetConfig.from_dict(LEGACY)
+    assert cfg.pnp == SolverOptions(objective="reprojection", robust="tanh", robust_scale=0.003, max_iter=30)
+    assert cfg.ransac == RansacOptions(backend="opencv", threshold=0.004, iterations=200)
+    assert cfg.pnp_sparse_topk == 64 and cfg.blocks == 1
+    # A config object pickled with the old fields (its state is the old field dict).
+    old = NetConfig.__new__(NetConfig)
+    old.__dict__.update({**NetConfig.from_dict({"blocks": 1}).__dict__, **LEGACY})
+    del old.__dict__["pnp"], old.__dict__["ransac"]
+    buf = io.BytesIO()
+    torch.save({"net": old}, buf)
+    buf.seek(0)
+    with torch.serialization.safe_globals([NetConfig, SolverOptions, RansacOptions]):
+        loaded = torch.load(buf, weights_only=True)["net"]
+    assert loaded == cfg
+    net = BlindPnPNet(NetConfig(blocks=1, channels=16, feature_dim=16))
+    net.set_pose_stage(ransac_threshold=0.02, pnp={"max_iter": 5})
+    assert net.config.ransac.threshold == 0.02 and net.config.ransac.iterations == 1000
+    assert net.config.pnp == SolverOptions(max_iter=5)
+    with pytest.raises(ValueError, match="net.ransac: unknown settings"):
+        net.set_pose_stage(ransac={"treshold": 0.02})
+    with pytest.raises(ValueError, match="net.ransac.topk"):
+        NetConfig(ransac={"topk": 10})
+    # The shipped real-scene network stored its settings flat.
+    colmap = load_pretrained("colmap").config
+    assert colmap.ransac.threshold == 0.004 and colmap.pnp.robust == "tanh"

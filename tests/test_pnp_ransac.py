@@ -138,7 +138,8 @@ def test_auto_init_is_opencv_on_the_cpu(monkeypatch):
     with pytest.raises(ValueError, match="init must be one of"):
         weighted_pnp(x, X, w, ransac=RansacOptions(backend="dlt"))
     # The network's default follows, and the values older checkpoints recorded still load.
-    assert NetConfig().ransac_init == "auto"
-    assert NetConfig(ransac_init="opencv").ransac_init == "opencv" and NetConfig(ransac_init="torch")
-    with pytest.raises(ValueError, match="ransac_init"):
-        NetConfig(ransac_init="dlt")
+    assert NetConfig().ransac.backend == "auto"
+    assert NetConfig.from_dict({"ransac_init": "opencv"}).ransac.backend == "opencv"
+    assert NetConfig(ransac={"backend": "torch"}).ransac.backend == "torch"
+    with pytest.raises(ValueError, match="init must be one of"):
+        NetConfig(ransac={"backend": "dlt"})

@@ -9,8 +9,8 @@ from bpnp.training import BlindPnPModule
 from bpnp.training.losses import inlier_mass
 
 NET = NetConfig(
-    blocks=1, channels=16, feature_dim=16, knn=4, pnp_objective="reprojection", pnp_sparse_topk=16,
-    pnp_robust="tanh", pnp_robust_scale=0.01, ransac_iterations=100,
+    blocks=1, channels=16, feature_dim=16, knn=4, pnp_sparse_topk=16, ransac={"iterations": 100},
+    pnp={"objective": "reprojection", "robust": "tanh", "robust_scale": 0.01},
 )  # fmt: skip
 
 

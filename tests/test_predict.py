@@ -162,13 +162,13 @@ def test_training_can_start_from_shipped_or_saved_weights(tmp_path):
     from bpnp.training.module import BlindPnPModule
 
     state = pretrained_state("synthetic")
-    module = BlindPnPModule(net=NetConfig(**state["config"]), init_from="pretrained:synthetic")
+    module = BlindPnPModule(net=NetConfig.from_dict(state["config"]), init_from="pretrained:synthetic")
     for k, v in module.net.state_dict().items():
         assert torch.equal(v, state["state_dict"][k]), k
     # a training checkpoint's net.* entries, as Lightning writes them
     ckpt = tmp_path / "run.ckpt"
     torch.save({"state_dict": {f"net.{k}": v * 2 for k, v in state["state_dict"].items()}}, ckpt)
-    again = BlindPnPModule(net=NetConfig(**state["config"]), init_from=str(ckpt))
+    again = BlindPnPModule(net=NetConfig.from_dict(state["config"]), init_from=str(ckpt))
     w = next(iter(state["state_dict"]))
     assert torch.equal(again.net.state_dict()[w], state["state_dict"][w] * 2)
     assert "init_from" not in again.hparams  # a reload must not need the file

@@ -113,7 +113,7 @@ def test_fast_dev_run_synthetic_full_protocol(tmp_path):
     cli = fast_dev_run(
         tmp_path, "synthetic_full.yaml",
         "--data.m_max", "48", "--data.n_max", "48", "--data.batch_size", "2", "--data.num_workers", "0",
-        "--model.net.ransac_iterations", "50",
+        "--model.net.ransac.iterations", "50",
     )  # fmt: skip
     batch = next(iter(cli.datamodule.train_dataloader()))
     assert batch.points2d.shape[1] == 48 and batch.points3d.shape[1] == 48
@@ -127,7 +127,7 @@ def test_fast_dev_run_colmap_scene(tmp_path):
         "--data.root", str(STATUE), "--data.m_max", "128", "--data.n_max", "128",
         "--data.options.split_by", "image",  # one model: its images are split
         "--data.batch_size", "2", "--data.num_workers", "0",
-        "--model.net.blocks", "1", "--model.net.ransac_iterations", "50",
+        "--model.net.blocks", "1", "--model.net.ransac.iterations", "50",
     )  # fmt: skip
     batch = next(iter(cli.datamodule.train_dataloader()))
     assert batch.points2d.shape[1] <= 128 and batch.points3d.shape[1] <= 128

@@ -15,7 +15,7 @@ def test_overfit_eight_problems_reaches_two_degrees_within_a_minute():
     torch.manual_seed(0)
     batch = collate([SyntheticDataset(num_samples=8, num_points=64, seed=3)[i] for i in range(8)])
     net = BlindPnPNet(
-        NetConfig(knn=10, blocks=2, sinkhorn_iters=50, ransac_iterations=200, pnp_sparse_topk=64)
+        NetConfig(knn=10, blocks=2, sinkhorn_iters=50, ransac={"iterations": 200}, pnp_sparse_topk=64)
     )
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     args = (batch.points2d, batch.points3d, batch.K, batch.mask2d, batch.mask3d)

@@ -29,7 +29,7 @@ TINY = [
     "--data.batch_size", "4",
     "--data.num_workers", "0",
     "--model.net.blocks", "1",
-    "--model.net.ransac_iterations", "50",
+    "--model.net.ransac.iterations", "50",
 ]  # fmt: skip
 
 

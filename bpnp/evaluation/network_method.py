@@ -76,18 +76,19 @@ def load_module(path: str | Path, device: str = "cpu", pose: dict | None = None)
 def _load_module(path: str | Path, device: str) -> BlindPnPModule:
     from bpnp.models import NetConfig
     from bpnp.models.pretrained import pretrained_name, pretrained_state
+    from bpnp.nodes import RansacOptions, SolverOptions
     from bpnp.training.module import BlindPnPModule
 
     name = pretrained_name(str(path))
     if name is not None:
         state = pretrained_state(name)
-        module = BlindPnPModule(net=NetConfig(**state["config"]))
+        module = BlindPnPModule(net=NetConfig.from_dict(state["config"]))
         module.net.load_state_dict(state["state_dict"])
         return module.to(device).eval()
 
     # Checkpoints written outside LightningCLI keep NetConfig as an object in their hyper-parameters:
-    # allow that one class, so loading stays restricted to plain data otherwise.
-    with torch.serialization.safe_globals([NetConfig]):
+    # allow it and its nested options, so loading stays restricted to plain data otherwise.
+    with torch.serialization.safe_globals([NetConfig, SolverOptions, RansacOptions]):
         module = BlindPnPModule.load_from_checkpoint(str(path), map_location=torch.device(device))
     return module.to(device).eval()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from bpnp.geometry import bearing_angles, normalized_to_bearings, pixels_to_norm
 from bpnp.geometry.view_search import canonical_image, dense_points, search_rotation
 from bpnp.models.encoders import CrossAttention, PointEncoder
 from bpnp.nodes import PnPResult, RansacOptions, Sinkhorn, SolverOptions, weighted_pnp
-from bpnp.nodes.pnp.layer import INITS, resolve_init
+from bpnp.nodes.pnp.layer import resolve_init
 from bpnp.nodes.pnp.ransac import hungarian_pairs, opencv_ransac, score_poses, top_pairs, torch_ransac
 from bpnp.nodes.sinkhorn import SolverInfo
 
@@ -147,6 +147,11 @@ INPUTS_3D = ("world", "bearings")
 CANDIDATE_SUPPORTS = ("top_pairs", "one_to_one")
 
 
+# The PnP layer's settings in a network: fewer iterations than the layer's own default suffice from
+# RANSAC's initial pose.
+DEFAULT_PNP = SolverOptions(max_iter=30)
+
+
 @dataclass
 class NetConfig:
     """Hyper-parameters of :class:`BlindPnPNet` (one place, so configs and checkpoints validate them).
@@ -161,14 +166,14 @@ class NetConfig:
         gamma, sinkhorn_iters, sinkhorn_tol, sinkhorn_backward: Sinkhorn layer settings.
         cost_clip: costs are clipped at this value (BPnPNet: 5).
         use_pnp: run the weighted PnP layer (else the pose is RANSAC's on the top-k pairs).
-        pnp_objective, pnp_sparse_topk, pnp_max_iter: PnP layer settings; ``pnp_sparse_topk`` solves on
-            the largest pairs of P only, which removes the bias of a diffuse plan.
-        pnp_robust, pnp_robust_scale: robust kernel of the PnP layer ("huber", "cauchy", "tanh",
-            "geman_mcclure"; needs ``pnp_sparse_topk``) and its residual scale, so that wrong pairs
-            among the top ones do not pull the pose.
-        ransac_init: RANSAC initialisation of the pose stage (``weighted_pnp``'s ``init``): "auto"
+        pnp: the PnP layer's :class:`~bpnp.nodes.pnp.options.SolverOptions` (objective, robust kernel
+            and scale, iterations; default: angular, 30 iterations). A robust kernel (so that wrong
+            pairs among the top ones do not pull the pose) needs ``pnp_sparse_topk``.
+        pnp_sparse_topk: solve on the largest pairs of P only, which removes the bias of a diffuse plan.
+        ransac: the pose stage's :class:`~bpnp.nodes.pnp.options.RansacOptions`: ``backend`` "auto"
             (OpenCV's P3P RANSAC for CPU tensors, the batched torch P3P RANSAC on other devices),
-            "opencv" or "torch"; ``ransac_threshold`` and ``ransac_iterations`` as BPnPNet.
+            "opencv" or "torch"; ``threshold`` and ``iterations`` as BPnPNet; ``topk`` is set by
+            ``topk_factor``.
         topk_factor: RANSAC gets ``min(1000, topk_factor * m)`` pairs.
         compile_encoders: wrap both encoders in ``torch.compile`` (worth it on GPUs).
         view_search: express both sets in a coarse camera frame before encoding: the 2D set in the
@@ -215,14 +220,9 @@ class NetConfig:
     sinkhorn_backward: str = "implicit"
     cost_clip: float = 5.0
     use_pnp: bool = True
-    pnp_objective: str = "angular"
+    pnp: SolverOptions = field(default_factory=lambda: DEFAULT_PNP)
     pnp_sparse_topk: int | None = None
-    pnp_max_iter: int = 30
-    pnp_robust: str | None = None
-    pnp_robust_scale: float = 0.01
-    ransac_init: str = "auto"
-    ransac_threshold: float = 0.01
-    ransac_iterations: int = 1000
+    ransac: RansacOptions = field(default_factory=RansacOptions)
     topk_factor: float = 1.5
     compile_encoders: bool = False
     view_search: bool = False
@@ -235,22 +235,73 @@ class NetConfig:
     candidate_support: str = "top_pairs"
 
     def __post_init__(self) -> None:
+        self.pnp = _nested(self.pnp, DEFAULT_PNP, "pnp")
+        self.ransac = _nested(self.ransac, RansacOptions(), "ransac")
+        if self.ransac.topk is not None:
+            raise ValueError("net.ransac.topk is set by net.topk_factor: leave it null")
         if self.candidate_support not in CANDIDATE_SUPPORTS:
             raise ValueError(
                 f"net.candidate_support must be one of {CANDIDATE_SUPPORTS}, got {self.candidate_support!r}"
             )
         if self.bearing_prior is not None and (self.input3d != "bearings" or not self.bearing_prior > 0):
             raise ValueError("net.bearing_prior needs net.input3d='bearings' and a positive initial scale")
-        if self.ransac_init not in INITS:
-            raise ValueError(f"net.ransac_init must be one of {INITS}, got {self.ransac_init!r}")
         if self.input3d not in INPUTS_3D:
             raise ValueError(f"net.input3d must be one of {INPUTS_3D}, got {self.input3d!r}")
         if self.input3d == "bearings" and self.view_search:
             raise ValueError(
                 "net.input3d='bearings' already puts the 3D set in a camera frame: set net.view_search false"
             )
-        if self.pnp_robust is not None and self.pnp_sparse_topk is None:
-            raise ValueError("net.pnp_robust needs net.pnp_sparse_topk (robust kernels work on top pairs)")
+        if self.pnp.robust is not None and self.pnp_sparse_topk is None:
+            raise ValueError("net.pnp.robust needs net.pnp_sparse_topk (robust kernels work on top pairs)")
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> NetConfig:
+        """A config from a mapping (a config file's section, a checkpoint's hyper-parameters), older
+        flat names (:data:`LEGACY_KEYS`) included."""
+        return cls(**migrate_settings(settings))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A config pickled by an older version (flat pnp_* / ransac_* fields) loads as today's.
+        self.__dict__.update(NetConfig.from_dict(state).__dict__)
+
+
+def _nested(value: Any, default: Any, name: str) -> Any:
+    """``value`` as the options class of ``default``: an instance passes, a mapping updates the default."""
+    cls = type(default)
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"net.{name} must be a {cls.__name__} or a mapping, got {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"net.{name}: unknown settings {unknown}; expected some of {sorted(known)}")
+    return dataclasses.replace(default, **value)
+
+
+# Flat names of older configs and checkpoints -> (nested options, field).
+LEGACY_KEYS = {
+    "pnp_objective": ("pnp", "objective"),
+    "pnp_max_iter": ("pnp", "max_iter"),
+    "pnp_robust": ("pnp", "robust"),
+    "pnp_robust_scale": ("pnp", "robust_scale"),
+    "ransac_init": ("ransac", "backend"),
+    "ransac_threshold": ("ransac", "threshold"),
+    "ransac_iterations": ("ransac", "iterations"),
+}
+
+
+def migrate_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with the flat names of :data:`LEGACY_KEYS` moved into their nested options."""
+    out = dict(settings)
+    for old, (group, name) in LEGACY_KEYS.items():
+        if old not in out:
+            continue
+        sub = out.get(group) or {}
+        if dataclasses.is_dataclass(sub):
+            sub = {f.name: getattr(sub, f.name) for f in dataclasses.fields(sub)}
+        out[group] = {**sub, name: out.pop(old)}
+    return out
 
 
 # Points of a P3P RANSAC hypothesis (3 plus the one that picks among its solutions).
@@ -258,9 +309,8 @@ MINIMAL_SAMPLE = 4
 
 # Settings read by the pose stage only: a trained network can be evaluated with other values.
 POSE_STAGE_SETTINGS = (
-    "use_pnp", "pnp_objective", "pnp_sparse_topk", "pnp_max_iter", "pnp_robust", "pnp_robust_scale",
-    "ransac_init", "ransac_threshold", "ransac_iterations", "topk_factor", "reference_init",
-    "rematch_passes", "hungarian_init", "candidate_support",
+    "use_pnp", "pnp", "pnp_sparse_topk", "ransac", "topk_factor", "reference_init", "rematch_passes",
+    "hungarian_init", "candidate_support",
 )  # fmt: skip
 
 
@@ -270,7 +320,8 @@ class BlindPnPNet(nn.Module):
     def __init__(self, config: NetConfig | Mapping[str, Any] | None = None):
         super().__init__()
         # A mapping comes from configs and from hyper-parameters that LightningCLI recorded.
-        self.config = c = NetConfig(**config) if isinstance(config, Mapping) else config or NetConfig()
+        c = NetConfig.from_dict(config) if isinstance(config, Mapping) else config or NetConfig()
+        self.config = c
         self.encoder2d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
         self.encoder3d = PointEncoder(3, c.channels, c.blocks, c.feature_dim, c.knn)
         if c.compile_encoders:  # in place: parameter names (and checkpoints) stay the same
@@ -287,14 +338,19 @@ class BlindPnPNet(nn.Module):
         self.sinkhorn = Sinkhorn(c.gamma, c.sinkhorn_iters, c.sinkhorn_tol, c.sinkhorn_backward, dustbin_init)
 
     def set_pose_stage(self, **settings: Any) -> None:
-        """Change pose-stage settings (:data:`POSE_STAGE_SETTINGS`) of a built network.
+        """Change pose-stage settings (:data:`POSE_STAGE_SETTINGS`) of a built network; ``pnp`` and
+        ``ransac`` may be mappings of some of their fields, which update the current options.
 
         Raises:
             ValueError: for a setting outside the pose stage (it would need other weights).
         """
+        settings = migrate_settings(settings)
         bad = sorted(set(settings) - set(POSE_STAGE_SETTINGS))
         if bad:
             raise ValueError(f"pose-stage settings {bad}: expected some of {list(POSE_STAGE_SETTINGS)}")
+        for group in ("pnp", "ransac"):
+            if isinstance(settings.get(group), Mapping):
+                settings[group] = _nested(settings[group], getattr(self.config, group), group)
         self.config = dataclasses.replace(self.config, **settings)
 
     def topk(self, m: int) -> int:
@@ -303,8 +359,7 @@ class BlindPnPNet(nn.Module):
 
     def ransac_options(self, m: int) -> RansacOptions:
         """The pose stage's RANSAC for ``m`` 2D points."""
-        c = self.config
-        return RansacOptions(c.ransac_init, self.topk(m), c.ransac_threshold, c.ransac_iterations)
+        return dataclasses.replace(self.config.ransac, topk=self.topk(m))
 
     def features(
         self,
@@ -486,8 +541,8 @@ class BlindPnPNet(nn.Module):
             Xh = points3d.gather(1, hc[..., None].expand(-1, -1, 3))
             hw = hw.to(P.dtype)
         if c.hungarian_init and M is not None:
-            solve = opencv_ransac if resolve_init(c.ransac_init, P.device) == "opencv" else torch_ransac
-            Rh, th, _ = solve(xh, Xh, hw, c.ransac_threshold, c.ransac_iterations)
+            solve = opencv_ransac if resolve_init(c.ransac.backend, P.device) == "opencv" else torch_ransac
+            Rh, th, _ = solve(xh, Xh, hw, c.ransac.threshold, c.ransac.iterations)
             Rs.append(Rh)
             ts.append(th)
             discount.append(MINIMAL_SAMPLE)
@@ -498,7 +553,7 @@ class BlindPnPNet(nn.Module):
             x = x2d.gather(1, rows[..., None].expand(-1, -1, 2))
             X = points3d.gather(1, cols[..., None].expand(-1, -1, 3))
         score = score_poses(
-            torch.stack(Rs, 1), torch.stack(ts, 1), x, X, (w > 0).to(P.dtype), c.ransac_threshold
+            torch.stack(Rs, 1), torch.stack(ts, 1), x, X, (w > 0).to(P.dtype), c.ransac.threshold
         )
         score = score - score.new_tensor(discount)
         best = score.argmax(1)  # the first of equal scores: the reference
@@ -533,12 +588,7 @@ class BlindPnPNet(nn.Module):
                 sparse_topk=c.pnp_sparse_topk,
                 row_mask=mask2d,
                 col_mask=mask3d,
-                solver=SolverOptions(
-                    objective=c.pnp_objective,
-                    max_iter=c.pnp_max_iter if c.use_pnp and refine else 0,
-                    robust=c.pnp_robust,
-                    robust_scale=c.pnp_robust_scale,
-                ),
+                solver=c.pnp if c.use_pnp and refine else dataclasses.replace(c.pnp, max_iter=0),
                 ransac=self.ransac_options(x2d.shape[1]),
             )
         out.R_init, out.t_init, out.valid = res.R_init, res.t_init, res.valid

@@ -47,7 +47,7 @@ def pretrained_state(name: str) -> dict[str, Any]:
 def load_pretrained(name: str, device: str | torch.device = "cpu") -> BlindPnPNet:
     """A shipped network, in eval mode on ``device`` (``name``: a key of :data:`PRETRAINED`)."""
     state = pretrained_state(name)
-    net = BlindPnPNet(NetConfig(**state["config"]))
+    net = BlindPnPNet(NetConfig.from_dict(state["config"]))
     net.load_state_dict(state["state_dict"])
     return net.to(device).eval()
 
