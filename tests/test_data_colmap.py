@@ -374,14 +374,11 @@ def test_scene_lists_choose_the_splits(tmp_path):
 
 @needs_scenes
 def test_shipped_real_scene_config_keeps_scenes_apart():
-    import yaml
-
+    from bpnp.cli.configs import composed_section
     from bpnp.data.colmap import find_models
 
-    cfg = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "bpnp/configs/colmap_scenes.yaml").read_text()
-    )
-    lists = cfg["data"]["options"]["scenes"]
+    data = composed_section(Path(__file__).resolve().parents[1] / "bpnp/configs/colmap_scenes.yaml", "data")
+    lists = data["options"]["scenes"]
     assert [len(lists[s]) for s in ("train", "val", "test")] == [14, 3, 3]
     every = [n for s in lists.values() for n in s]
     assert sorted(every) == sorted({d.relative_to(SCENES).parts[0] for d in find_models(SCENES)})

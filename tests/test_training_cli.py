@@ -7,9 +7,11 @@ import importlib.util
 
 import pytest
 import yaml
+from jsonargparse import Namespace
 from training_utils import CONFIGS, ROOT, SHARED_DATA, STATUE, TINY, write_config
 
-from bpnp.cli.train import cli_main
+from bpnp.cli.configs import composed_section
+from bpnp.cli.train import cli_main, root_outputs
 from bpnp.data import BlindPnPDataModule
 
 TUM = SHARED_DATA / "rgbd" / "tum_sample"
@@ -146,7 +148,7 @@ def test_data_section_of_download_configs_builds_its_source(name, tmp_path):
     """The ``options`` of a source are free-form in the config, so build each source once on a small
     stand-in of its layout (generated meshes and archive; the TUM RGB-D frame for NYU) with the
     config's own options: a misspelt option fails here rather than after a download."""
-    data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["data"]
+    data = composed_section(CONFIGS / f"{name}.yaml", "data")
     bench = load_script("bench_data")
     if name == "modelnet40":
         data["root"] = str(bench.make_modelnet(tmp_path / "modelnet", meshes=4))
@@ -186,3 +188,50 @@ def test_default_root_dir_moves_every_output(tmp_path):
     assert (root / "checkpoints" / "last.ckpt").is_file()
     assert any((root / "csv").rglob("hparams.yaml")) and (root / "config.yaml").is_file()
     assert not (tmp_path / "outputs").exists()  # the working folder is untouched
+
+
+def test_experiments_compose_their_parts_by_concern(capsys):
+    """configs/colmap_scenes.yaml is a compose list (trainer, logging, model, data) plus overrides."""
+    cfg = printed_config(capsys, "--config", str(CONFIGS / "colmap_scenes.yaml"))
+    net = cfg["model"]["net"]
+    # model/recipe.yaml, with the experiment's own settings on top
+    assert (net["knn"], net["blocks"], net["sinkhorn_iters"], net["ransac"]["iterations"]) == (10, 4, 50, 200)
+    assert net["ransac"]["threshold"] == 0.004 and net["input3d"] == "bearings"
+    assert net["view_search"] is False
+    # logging/csv.yaml replaces the default loggers and callbacks whole
+    assert [x["class_path"] for x in cfg["trainer"]["logger"]] == ["pytorch_lightning.loggers.CSVLogger"]
+    assert [x["init_args"]["filename"] for x in cfg["trainer"]["callbacks"]] == ["best-{step:06d}"]
+    assert cfg["trainer"]["gradient_clip_val"] == 1.0  # trainer/default.yaml
+    assert cfg["data"]["options"]["scenes"]["test"] == ["buzz_toy_shelf", "computer_mouse", "kumamon_plush"]
+    full = printed_config(capsys, "--config", str(CONFIGS / "synthetic_full.yaml"))
+    checkpoint, _, images = full["trainer"]["callbacks"]  # logging/rotation_median.yaml
+    assert checkpoint["init_args"]["monitor"] == "val/rotation_error_deg/q50"
+    assert images["init_args"]["every_n_epochs"] == 5
+
+
+def test_compose_lists_files_relative_to_the_config_and_names_a_bad_entry(tmp_path, capsys):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.yaml").write_text("model:\n  lr: 0.5\n  net:\n    blocks: 3\n")
+    (tmp_path / "parts" / "b.yaml").write_text("compose: [a.yaml]\nmodel:\n  net:\n    knn: 4\n")
+    (tmp_path / "exp.yaml").write_text("compose: [parts/b.yaml]\nmodel:\n  lr: 0.25\n")
+    cfg = printed_config(capsys, "--config", str(tmp_path / "exp.yaml"))
+    assert (cfg["model"]["lr"], cfg["model"]["net"]["blocks"], cfg["model"]["net"]["knn"]) == (0.25, 3, 4)
+    (tmp_path / "bad.yaml").write_text("compose: [parts/missing.yaml]\n")
+    with pytest.raises(FileNotFoundError, match=r"bad\.yaml: composed config parts/missing\.yaml not found"):
+        cli_main(["fit", "--config", str(tmp_path / "bad.yaml"), "--print_config"])
+    (tmp_path / "loop.yaml").write_text("compose: [loop.yaml]\n")
+    with pytest.raises(ValueError, match="composes itself"):
+        cli_main(["fit", "--config", str(tmp_path / "loop.yaml"), "--print_config"])
+    (tmp_path / "odd.yaml").write_text("compose: parts/a.yaml\n")
+    with pytest.raises(ValueError, match="'compose' must be a list of config files"):
+        cli_main(["fit", "--config", str(tmp_path / "odd.yaml"), "--print_config"])
+
+
+def test_an_unnamed_wandb_run_is_named_after_the_output_folder():
+    wandb = Namespace(class_path="pytorch_lightning.loggers.WandbLogger", init_args=Namespace(name=None))
+    trainer = Namespace(default_root_dir="outputs/my_run", logger=[wandb], callbacks=[])
+    root_outputs(trainer)
+    assert trainer.logger[0].init_args.name == "my_run"
+    trainer.logger[0].init_args.name = "chosen"
+    root_outputs(trainer)
+    assert trainer.logger[0].init_args.name == "chosen"

@@ -16,6 +16,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from bpnp.cli.configs import composed_section
 from bpnp.data import BlindPnPDataModule, collate
 from bpnp.data.outliers import with_outlier_rate
 from bpnp.evaluation.baselines import BASELINES, RandomBaseline, RansacConfig
@@ -55,14 +56,13 @@ def load_method_from_checkpoint(
 
 def _training_config_data(argv: list[str]) -> list[str]:
     """Let ``--data FILE`` name a whole training config: its ``data:`` section (or that section's
-    ``init_args``) replaces the file."""
+    ``init_args``), with the file's composition applied, replaces the file."""
     out = list(argv)
     for k, arg in enumerate(out[:-1]):
         if arg != "--data" or not Path(out[k + 1]).is_file():
             continue
-        content = yaml.safe_load(Path(out[k + 1]).read_text()) or {}
-        if isinstance(content, dict) and isinstance(content.get("data"), dict):
-            section = content["data"]
+        section = composed_section(out[k + 1], "data")
+        if section is not None:
             out[k + 1] = yaml.safe_dump(section.get("init_args", section), default_flow_style=True).strip()
     return out
 

@@ -1,9 +1,11 @@
 """``bpnp fit|validate|test|predict --config ...``: LightningCLI over the module and the data module.
 
 ``configs/synthetic.yaml`` is the embedded default, so ``bpnp fit`` alone trains on built-in synthetic
-data; further ``--config`` files (``configs/trainer/*.yaml`` presets) and ``--section.key value``
-overrides apply on top. Relative ``save_dir`` of loggers and ``dirpath`` of checkpoint callbacks are
-relative to ``trainer.default_root_dir``, so ``--trainer.default_root_dir DIR`` moves every output.
+data; further ``--config`` files (experiments, ``configs/trainer/*.yaml`` presets) and
+``--section.key value`` overrides apply on top. A config file may compose others by concern
+(:mod:`bpnp.cli.configs`). Relative ``save_dir`` of loggers and ``dirpath`` of checkpoint callbacks
+are relative to ``trainer.default_root_dir``, and a Weights & Biases run without a name is named
+after that folder, so ``--trainer.default_root_dir DIR`` moves and names every output.
 Experiments are logged to Weights & Biases, offline unless an API key is configured (``wandb login``)
 or ``WANDB_MODE`` says otherwise.
 """
@@ -15,11 +17,13 @@ import difflib
 import netrc
 import os
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
 from pytorch_lightning.cli import LightningCLI
 
+from bpnp.cli.configs import config_args, expand_configs
 from bpnp.data import BlindPnPDataModule
 from bpnp.models import NetConfig
 from bpnp.training.callbacks import LoggedSaveConfig
@@ -83,13 +87,17 @@ def suggest_keys(parser, args: list[str]) -> None:
 
 
 def root_outputs(trainer) -> None:
-    """Put relative logger ``save_dir`` and checkpoint ``dirpath`` under ``trainer.default_root_dir``."""
+    """Put relative logger ``save_dir`` and checkpoint ``dirpath`` under ``trainer.default_root_dir``,
+    and name an unnamed Weights & Biases run after that folder."""
     root = Path(trainer.get("default_root_dir") or ".")
     loggers = trainer.get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         args = logger.get("init_args") if hasattr(logger, "get") else None
         if args is not None and args.get("save_dir") is not None and not Path(args.save_dir).is_absolute():
             args.save_dir = str(root / args.save_dir)
+        wandb = str(logger.get("class_path", "")).endswith("WandbLogger") if hasattr(logger, "get") else False
+        if wandb and args is not None and args.get("name") is None:
+            args.name = root.resolve().name
     for callback in trainer.get("callbacks") or []:
         args = callback.get("init_args") if hasattr(callback, "get") else None
         if (
@@ -101,17 +109,29 @@ def root_outputs(trainer) -> None:
             args.dirpath = str(root / args.dirpath)
 
 
+def with_default_config(args: list[str], run: bool) -> list[str]:
+    """``args`` with the default experiment's configs first (after the subcommand) and every config
+    file's composition expanded."""
+    args = expand_configs(args)
+    at = 1 if run and args and args[0] in SUBCOMMANDS else 0
+    if (run and at == 0) or not DEFAULT_CONFIG.is_file():  # no subcommand: help or an error follows
+        return args
+    return [*args[:at], *config_args(DEFAULT_CONFIG), *args[at:]]
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Build (and by default run) the command line; ``args`` as ``sys.argv[1:]``."""
     default_wandb_mode()
-    defaults = {"default_config_files": [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []}
-    return BlindPnPCLI(
-        BlindPnPModule,
-        BlindPnPDataModule,
-        args=args,
-        run=run,
-        seed_everything_default=0,
-        save_config_callback=LoggedSaveConfig,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={cmd: defaults for cmd in SUBCOMMANDS} if run else defaults,
-    )
+    args = with_default_config(list(sys.argv[1:] if args is None else args), run)
+    with warnings.catch_warnings():
+        # The expanded arguments stand for the command line, which LightningCLI would warn about.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return BlindPnPCLI(
+            BlindPnPModule,
+            BlindPnPDataModule,
+            args=args,
+            run=run,
+            seed_everything_default=0,
+            save_config_callback=LoggedSaveConfig,
+            save_config_kwargs={"overwrite": True},
+        )
