@@ -180,3 +180,24 @@ def test_arguments_a_source_does_not_use_are_named():
         BlindPnPDataModule("synthetic", options={"num_pointz": 64}).dataset("train")
     with pytest.raises(ValueError, match="train_samples=-5"):
         BlindPnPDataModule("synthetic", train_samples=-5)
+
+
+def test_the_base_class_checks_splits_and_picks_streams_for_every_source():
+    """One split check and one stream rule: procedural sources draw each split from its own stream,
+    file sources (disjoint items per split) from stream 0."""
+    from bpnp.data.bpnpnet_archive import BPnPNetArchiveDataset
+    from bpnp.data.colmap import ColmapDataset
+    from bpnp.data.modelnet import ModelNet40Dataset
+    from bpnp.data.rgbd import RGBDDataset
+
+    with pytest.raises(
+        ValueError, match=r"SyntheticDataset: split 'tset': expected one of \('train', 'val', 'test'\)"
+    ):
+        SyntheticDataset(num_samples=2, split="tset")
+    assert [SyntheticDataset(num_samples=1, split=s).stream for s in ("train", "val", "test")] == [0, 1, 2]
+    a, b = (SyntheticDataset(num_samples=1, num_points=32, split=s)[0] for s in ("train", "test"))
+    assert not torch.equal(a.points3d, b.points3d)
+    assert ModelNet40Dataset.split_streams and ModelNet40Dataset.splits == ("train", "val", "test")
+    for cls in (ColmapDataset, RGBDDataset, BPnPNetArchiveDataset):
+        assert not cls.split_streams
+    assert ColmapDataset.splits == RGBDDataset.splits == ("all", "train", "val", "test")

@@ -52,20 +52,32 @@ class CorrespondenceDataset(Dataset[Sample]):
     Subclasses implement ``__len__`` and ``_problem(index, rng)``. Procedural sources set
     ``max_attempts > 1``: a draw with fewer than ``MIN_INLIERS`` correspondences is redrawn with the
     next attempt number.
+
+    Splits are handled here for every source: ``split`` must be one of :attr:`splits`, and it picks
+    the random stream. Procedural sources (``split_streams = True``) draw every problem, so each split
+    has its own stream (its index in :attr:`splits`); file sources hold disjoint items per split and
+    draw only point control and their own subsampling, all from stream 0.
     """
 
     max_attempts = 1
+    #: The splits the source takes ("all": every item, for file sources).
+    splits: tuple[str, ...] = ("train", "val", "test")
+    #: Whether each split draws from its own random stream.
+    split_streams = True
 
     def __init__(
         self,
         control: PointControl,
+        split: str = "train",
         seed: int = 0,
-        stream: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        if split not in self.splits:
+            raise ValueError(f"{type(self).__name__}: split {split!r}: expected one of {self.splits}")
         self.control = control
+        self.split = split
         self.seed = seed
-        self.stream = stream
+        self.stream = self.splits.index(split) if self.split_streams else 0
         self.dtype = dtype
 
     def __len__(self) -> int:

@@ -271,6 +271,8 @@ class BPnPNetArchiveDataset(CorrespondenceDataset):
             folder is checked).
     """
 
+    split_streams = False  # disjoint items per split
+
     def __init__(
         self,
         root: str | Path,
@@ -286,9 +288,8 @@ class BPnPNetArchiveDataset(CorrespondenceDataset):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split {split!r}: expected 'train', 'val' or 'test'")
-        super().__init__(PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d), seed=seed, dtype=dtype)
+        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
+        super().__init__(control, split=split, seed=seed, dtype=dtype)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -307,7 +308,6 @@ class BPnPNetArchiveDataset(CorrespondenceDataset):
         ok = [int(i) for i in items if pairs[int(i)] >= MIN_INLIERS]
         self.rejected = {f"fewer than {MIN_INLIERS} inliers": len(items) - len(ok)}
         self.items = ok
-        self.split = split
 
     def _arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return sample_arrays(self.data, i, self.folder, self.w_gt_per_2d, self.max_reprojection)

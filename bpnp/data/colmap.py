@@ -387,6 +387,9 @@ class ColmapDataset(CorrespondenceDataset):
         seed: seed of the split and of the point control.
     """
 
+    splits = ("all", "train", "val", "test")
+    split_streams = False  # disjoint items per split
+
     def __init__(
         self,
         model_dir: str | Path,
@@ -413,7 +416,8 @@ class ColmapDataset(CorrespondenceDataset):
                 f"split {split!r} by scene of the single COLMAP model {model_dir}: a scene split needs"
                 " several scenes (a root folder of models); pass split_by='image' to split its images"
             )
-        super().__init__(PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d), seed=seed, dtype=dtype)
+        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
+        super().__init__(control, split=split, seed=seed, dtype=dtype)
         self.model_dir = Path(model_dir)
         self.scene = scene or self.model_dir.name
         self.image_dir = image_dir

@@ -119,16 +119,13 @@ class ModelNet40Dataset(CorrespondenceDataset):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split {split!r}: expected 'train', 'val' or 'test'")
         control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
-        super().__init__(control, seed=seed, stream={"train": 0, "val": 1, "test": 2}[split], dtype=dtype)
+        super().__init__(control, split=split, seed=seed, dtype=dtype)
         self.root = Path(root)
         files = find_meshes(self.root, "test" if split == "test" else "train", classes)
         if split != "test":
             files = [files[i] for i in split_items(len(files), split, seed, val_fraction, 0.0)]
         self.files = files
-        self.split = split
         self.samples_per_mesh = samples_per_mesh
         self.protocol = ObjectProtocol(
             num_points,

@@ -201,6 +201,9 @@ class RGBDDataset(CorrespondenceDataset):
         seed: base seed.
     """
 
+    splits = ("all", "train", "val", "test")
+    split_streams = False  # disjoint items per split
+
     def __init__(
         self,
         root: str | Path,
@@ -222,7 +225,8 @@ class RGBDDataset(CorrespondenceDataset):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__(PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d), seed=seed, dtype=dtype)
+        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
+        super().__init__(control, split=split, seed=seed, dtype=dtype)
         self.root = Path(root)
         self.is_mat = self.root.suffix.lower() in (".mat", ".h5", ".hdf5")
         self.depth_key = depth_key

@@ -239,16 +239,12 @@ class SyntheticDataset(CorrespondenceDataset):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        streams = {"train": 0, "val": 1, "test": 2}
-        if split not in streams:
-            raise ValueError(f"split {split!r}: expected one of {tuple(streams)}")
         control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
-        super().__init__(control, seed=seed, stream=streams[split], dtype=dtype)
+        super().__init__(control, split=split, seed=seed, dtype=dtype)
         unknown = set(shapes) - set(SHAPES)
         if unknown or not shapes:
             raise ValueError(f"shapes {list(shapes)}: expected a non-empty subset of {SHAPES}")
         self.num_samples = num_samples
-        self.split = split
         self.shapes = tuple(shapes)
         self.protocol = ObjectProtocol(
             num_points,
