@@ -11,7 +11,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from training_utils import SCENES, STATUE
 
-from bpnp.data import ColmapDataset, build_dataset
+from bpnp.data import ColmapDataset, PointControl, build_dataset
 from bpnp.data.colmap import camera_intrinsics, split_models, top_covisible, undistort_pixels
 from bpnp.geometry import project_points
 
@@ -58,7 +58,11 @@ def test_statue_split_and_caps():
     names = [{p.names[i] for i in p.items} for p in parts]
     assert [len(n) for n in names] == [32, 4, 4] and not (names[0] & names[1] or names[1] & names[2])
     capped = ColmapDataset(
-        STATUE, split="test", split_by="image", seed=1, m_max=200, n_max=300, outlier_rate_2d=0.5
+        STATUE,
+        split="test",
+        split_by="image",
+        seed=1,
+        control=PointControl(m_max=200, n_max=300, outlier_rate_2d=0.5),
     )
     for i in range(len(capped)):
         s = capped[i]

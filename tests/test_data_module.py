@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bpnp.data import Batch, BlindPnPDataModule, CachedDataset, SyntheticDataset
+from bpnp.data import Batch, BlindPnPDataModule, CachedDataset, PointControl, SyntheticDataset
 from bpnp.data.cache import write_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,9 @@ def test_bad_configuration_is_named(tmp_path):
 
 
 def test_cache_round_trip_and_data_module_reads_it(tmp_path):
-    src = SyntheticDataset(num_samples=7, num_points=50, visibility="hpr", outlier_rate_2d=0.2)
+    src = SyntheticDataset(
+        num_samples=7, num_points=50, visibility="hpr", control=PointControl(outlier_rate_2d=0.2)
+    )
     summary = write_cache(src, tmp_path / "train", shard_size=3, progress=False)
     assert summary["written"] == 7 and sum(summary["rejected"].values()) == 0
     cached = CachedDataset(tmp_path / "train")
@@ -201,3 +203,14 @@ def test_the_base_class_checks_splits_and_picks_streams_for_every_source():
     for cls in (ColmapDataset, RGBDDataset, BPnPNetArchiveDataset):
         assert not cls.split_streams
     assert ColmapDataset.splits == RGBDDataset.splits == ("all", "train", "val", "test")
+
+
+def test_config_point_control_keys_become_the_sources_control():
+    from bpnp.data import build_dataset
+
+    ds = build_dataset("synthetic", "train", num_samples=2, num_points=64, outlier_rate_2d=0.5, m_max=40)
+    assert ds.control == PointControl(m_max=40, outlier_rate_2d=0.5)
+    s = ds[0]
+    assert len(s.points2d) == 40 and abs(float((s.match < 0).float().mean()) - 0.5) < 0.05
+    with pytest.raises(ValueError, match=r"\['m_max'\] and 'control' both set the point control"):
+        build_dataset("synthetic", "train", num_samples=2, m_max=40, control=PointControl())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bpnp.data import RGBDDataset
+from bpnp.data import PointControl, RGBDDataset
 from bpnp.data.rgbd import NYU_INTRINSICS, room_of, scene_of_name
 from bpnp.geometry import project_points
 
@@ -39,7 +39,10 @@ def test_tum_sample_backprojection():
         check_backprojection(s, depth_m)
     assert not torch.allclose(a.R, b.R)  # each problem has its own world frame
     noisy = RGBDDataset(
-        TUM, intrinsics=TUM_INTRINSICS, noise_px=1.0, outlier_rate_2d=0.4, outlier_rate_3d=0.2
+        TUM,
+        intrinsics=TUM_INTRINSICS,
+        noise_px=1.0,
+        control=PointControl(outlier_rate_2d=0.4, outlier_rate_3d=0.2),
     )[0]
     assert abs((noisy.match < 0).float().mean() - 0.4) < 0.01
     assert abs(1 - noisy.num_inliers / len(noisy.points3d) - 0.2) < 0.01

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bpnp.data import SyntheticDataset
+from bpnp.data import PointControl, SyntheticDataset
 from bpnp.data.synthetic import primitive, sample_surface
 
 
@@ -39,13 +39,19 @@ def test_2d_set_is_shuffled():
 
 
 def test_deterministic_per_seed_and_index_and_split():
-    a = SyntheticDataset(num_samples=10, num_points=100, seed=5, noise_px=1.0, outlier_rate_2d=0.2)
-    b = SyntheticDataset(num_samples=10, num_points=100, seed=5, noise_px=1.0, outlier_rate_2d=0.2)
+    a = SyntheticDataset(
+        num_samples=10, num_points=100, seed=5, noise_px=1.0, control=PointControl(outlier_rate_2d=0.2)
+    )
+    b = SyntheticDataset(
+        num_samples=10, num_points=100, seed=5, noise_px=1.0, control=PointControl(outlier_rate_2d=0.2)
+    )
     for i in (7, 2, 7):  # any access order
         torch.testing.assert_close(a[i].points2d, b[i].points2d)
         torch.testing.assert_close(a[i].points3d, b[i].points3d)
         assert torch.equal(a[i].match, b[i].match)
-    other_seed = SyntheticDataset(num_samples=10, num_points=100, seed=6, noise_px=1.0, outlier_rate_2d=0.2)
+    other_seed = SyntheticDataset(
+        num_samples=10, num_points=100, seed=6, noise_px=1.0, control=PointControl(outlier_rate_2d=0.2)
+    )
     other_split = SyntheticDataset(num_samples=10, num_points=100, seed=5, split="val", noise_px=1.0)
     assert not torch.equal(a[3].points3d, other_seed[3].points3d)
     assert not torch.equal(a[3].points3d, other_split[3].points3d)
@@ -63,7 +69,9 @@ def test_pixel_noise_has_the_requested_spread():
 
 
 def test_outlier_rates_are_achieved():
-    ds = SyntheticDataset(num_samples=5, num_points=400, outlier_rate_2d=0.5, outlier_rate_3d=0.25)
+    ds = SyntheticDataset(
+        num_samples=5, num_points=400, control=PointControl(outlier_rate_2d=0.5, outlier_rate_3d=0.25)
+    )
     for i in range(len(ds)):
         s = ds[i]
         assert s.num_inliers == 400
@@ -98,7 +106,9 @@ def test_hpr_hides_the_far_side_of_a_sphere():
 
 
 def test_cap_and_min_inliers():
-    ds = SyntheticDataset(num_samples=10, visibility="hpr", num_points=300, m_max=50, n_max=80)
+    ds = SyntheticDataset(
+        num_samples=10, visibility="hpr", num_points=300, control=PointControl(m_max=50, n_max=80)
+    )
     for i in range(len(ds)):
         s = ds[i]
         assert len(s.points2d) <= 50 and len(s.points3d) <= 80 and s.num_inliers >= 4

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bpnp.data import Batch, SyntheticDataset, collate
+from bpnp.data import Batch, PointControl, SyntheticDataset, collate
 from bpnp.evaluation import (
     HungarianMatcher,
     MethodOutput,
@@ -34,8 +34,7 @@ def synthetic(n: int = 6, rate: float | None = 0.3, noise_px: float = 0.5) -> Sy
         split="test",
         num_points=120,
         noise_px=noise_px,
-        outlier_rate_2d=rate,
-        outlier_rate_3d=rate,
+        control=PointControl(outlier_rate_2d=rate, outlier_rate_3d=rate),
     )
 
 
@@ -186,7 +185,13 @@ def test_map_baselines_use_the_reference_view():
     from bpnp.evaluation.baselines import BearingHungarian, RetrievedPoseBaseline
 
     # the reference view at the query's own camera: nearest bearings are the true pairs
-    ds = SyntheticDataset(num_samples=3, num_points=40, seed=5, reference_view_deg=0.0, outlier_rate_3d=0.3)
+    ds = SyntheticDataset(
+        num_samples=3,
+        num_points=40,
+        seed=5,
+        reference_view_deg=0.0,
+        control=PointControl(outlier_rate_3d=0.3),
+    )
     batch = collate([ds[i] for i in range(3)])
     out = BearingHungarian()(batch)
     assert out.valid.all() and rotation_error_deg(out.R, batch.R).max() < 1e-2

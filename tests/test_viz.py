@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bpnp.cli.visualise import visualise_main
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import PointControl, SyntheticDataset, collate
 from bpnp.evaluation import OracleBaseline, RandomBaseline, RansacConfig
 from bpnp.viz import draw_matches, plot_plan, problem_images, problem_view, save_problem_images, wandb_images
 from bpnp.viz.render3d import build_scene, offscreen_available, render_scene
@@ -20,7 +20,9 @@ from bpnp.viz.render3d import build_scene, offscreen_available, render_scene
 @pytest.fixture(scope="module")
 def batch():
     rate = 0.3
-    ds = SyntheticDataset(2, "test", num_points=80, outlier_rate_2d=rate, outlier_rate_3d=rate)
+    ds = SyntheticDataset(
+        2, "test", num_points=80, control=PointControl(outlier_rate_2d=rate, outlier_rate_3d=rate)
+    )
     return collate([ds[0], ds[1]])
 
 

@@ -14,16 +14,17 @@ import open3d as o3d
 from jsonargparse import ArgumentParser
 
 from bpnp.data.synthetic import UNIFORM_PROTOCOL, SyntheticDataset
+from bpnp.data.transforms import PointControl
 
 
 def write_example(
     out: Path, index: int = 0, points: int = 256, outlier_rate: float = 0.25
 ) -> dict[str, Path]:
     """Write problem ``index`` of the synthetic test stream (uniform rotations) under ``out``."""
+    control = PointControl(outlier_rate_2d=outlier_rate, outlier_rate_3d=outlier_rate)
     sample = SyntheticDataset(
-        split="test", seed=0, num_samples=index + 1, num_points=points, outlier_rate_2d=outlier_rate,
-        outlier_rate_3d=outlier_rate, **UNIFORM_PROTOCOL,
-    )[index]  # fmt: skip
+        split="test", seed=0, num_samples=index + 1, num_points=points, control=control, **UNIFORM_PROTOCOL
+    )[index]
     out.mkdir(parents=True, exist_ok=True)
     paths = {"points2d": out / "points2d.txt", "points3d": out / "points3d.ply", "K": out / "K.txt"}
     np.savetxt(paths["points2d"], sample.points2d.double().numpy(), header="u v (pixels)")

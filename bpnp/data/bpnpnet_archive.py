@@ -261,8 +261,8 @@ class BPnPNetArchiveDataset(CorrespondenceDataset):
         w_gt_per_2d: ``W_gt`` indexed by 2D point instead of 3D point (None: only for data61_2d3d).
         max_reprojection: largest median reprojection error (normalised image units) of a sample's
             pairs under its pose; None skips the check.
-        m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl`; 2D outliers are
-            drawn in the 2D points' bounding box (there is no image).
+        control: outlier rates and set-size caps (:class:`PointControl`); 2D outliers are drawn in
+            the 2D points' bounding box (there is no image).
         seed: seed of the val hold-out and of the point control.
 
     Raises:
@@ -281,15 +281,11 @@ class BPnPNetArchiveDataset(CorrespondenceDataset):
         val_fraction: float = 0.1,
         w_gt_per_2d: bool | None = None,
         max_reprojection: float | None = 0.05,
-        m_max: int | None = None,
-        n_max: int | None = None,
-        outlier_rate_2d: float | None = None,
-        outlier_rate_3d: float | None = None,
+        control: PointControl | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
-        super().__init__(control, split=split, seed=seed, dtype=dtype)
+        super().__init__(control or PointControl(), split=split, seed=seed, dtype=dtype)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(

@@ -382,8 +382,8 @@ class ColmapDataset(CorrespondenceDataset):
             excluded (counted in ``rejected``).
         image_dir: folder of the photos, to fill ``image_path`` (else the image name is given).
         scene: scene name of the samples (None: the model folder's name).
-        m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl` (None keeps the
-            natural outliers).
+        control: outlier rates and set-size caps (:class:`PointControl`; None keeps the natural
+            outliers).
         seed: seed of the split and of the point control.
     """
 
@@ -401,10 +401,7 @@ class ColmapDataset(CorrespondenceDataset):
         scene: str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
-        m_max: int | None = None,
-        n_max: int | None = None,
-        outlier_rate_2d: float | None = None,
-        outlier_rate_3d: float | None = None,
+        control: PointControl | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -416,8 +413,7 @@ class ColmapDataset(CorrespondenceDataset):
                 f"split {split!r} by scene of the single COLMAP model {model_dir}: a scene split needs"
                 " several scenes (a root folder of models); pass split_by='image' to split its images"
             )
-        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
-        super().__init__(control, split=split, seed=seed, dtype=dtype)
+        super().__init__(control or PointControl(), split=split, seed=seed, dtype=dtype)
         self.model_dir = Path(model_dir)
         self.scene = scene or self.model_dir.name
         self.image_dir = image_dir

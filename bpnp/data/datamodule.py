@@ -21,6 +21,7 @@ from bpnp.data.modelnet import ModelNet40Dataset
 from bpnp.data.rgbd import RGBDDataset
 from bpnp.data.sample import Batch, Sample, collate
 from bpnp.data.synthetic import SyntheticDataset
+from bpnp.data.transforms import PointControl
 
 SOURCES = ("synthetic", "modelnet40", "colmap", "rgbd", "bpnpnet_archive")
 POINT_CONTROL = ("m_max", "n_max", "outlier_rate_2d", "outlier_rate_3d")
@@ -34,8 +35,10 @@ def build_dataset(
     """The dataset of one source and split (``"train"``, ``"val"`` or ``"test"``).
 
     ``options`` are keyword arguments of the source's class (for ``synthetic``, ``num_samples`` among
-    them). A COLMAP ``root`` holding several models (MegaDepth's scenes) gives their concatenation,
-    split by scene unless ``split_by="image"`` (see :func:`~bpnp.data.colmap.colmap_dataset`).
+    them); the point-control keys ``m_max``, ``n_max``, ``outlier_rate_2d`` and ``outlier_rate_3d``
+    become its :class:`~bpnp.data.transforms.PointControl`. A COLMAP ``root`` holding several models
+    (MegaDepth's scenes) gives their concatenation, split by scene unless ``split_by="image"`` (see
+    :func:`~bpnp.data.colmap.colmap_dataset`).
 
     Raises:
         ValueError: for an unknown source, a missing ``root`` where the source needs one, a ``root``
@@ -43,6 +46,7 @@ def build_dataset(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}: expected one of {SOURCES}")
+    options = _point_control(options)
     if source == "synthetic":
         if root is not None:
             raise ValueError(
@@ -58,6 +62,18 @@ def build_dataset(
         return classes[source](root, split=split, seed=seed, **options)
     _check_options(ColmapDataset, options, source, extra=("scenes",))
     return colmap_dataset(root, split=split, seed=seed, **options)
+
+
+def _point_control(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the flat point-control keys of a config (``m_max``, ``n_max``,
+    ``outlier_rate_2d``, ``outlier_rate_3d``) gathered into the sources' ``control``."""
+    flat = {k: options[k] for k in POINT_CONTROL if k in options}
+    if not flat:
+        return options
+    if options.get("control") is not None:
+        raise ValueError(f"data options {sorted(flat)} and 'control' both set the point control: give one")
+    rest = {k: v for k, v in options.items() if k not in POINT_CONTROL}
+    return {**rest, "control": PointControl(**flat)}
 
 
 def _check_options(cls: type, options: dict[str, Any], source: str, extra: tuple[str, ...] = ()) -> None:

@@ -92,7 +92,7 @@ class ModelNet40Dataset(CorrespondenceDataset):
         val_fraction: share of the train folder held out as val.
         num_points, visibility, noise_px, image_size, focal, scale_range, distance_range: the
             object protocol (BPnPNet's: 1000 points, ``visibility="none"``, no noise).
-        m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl`.
+        control: outlier rates and set-size caps (:class:`PointControl`; None: none).
         seed: base seed.
     """
 
@@ -112,15 +112,11 @@ class ModelNet40Dataset(CorrespondenceDataset):
         focal: float = 525.0,
         scale_range: tuple[float, float] = (1.0, 1.0),
         distance_range: tuple[float, float] = (1.0, 2.5),
-        m_max: int | None = None,
-        n_max: int | None = None,
-        outlier_rate_2d: float | None = None,
-        outlier_rate_3d: float | None = None,
+        control: PointControl | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
-        super().__init__(control, split=split, seed=seed, dtype=dtype)
+        super().__init__(control or PointControl(), split=split, seed=seed, dtype=dtype)
         self.root = Path(root)
         files = find_meshes(self.root, "test" if split == "test" else "train", classes)
         if split != "test":

@@ -197,7 +197,7 @@ class RGBDDataset(CorrespondenceDataset):
         max_depth: depths beyond this (metres) count as invalid.
         noise_px: Gaussian pixel noise on the 2D points.
         depth_key: ``"depths"`` (in-painted) or ``"rawDepths"`` for the ``.mat`` file.
-        m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl`.
+        control: outlier rates and set-size caps (:class:`PointControl`; None: none).
         seed: base seed.
     """
 
@@ -218,15 +218,11 @@ class RGBDDataset(CorrespondenceDataset):
         depth_key: str = "depths",
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
-        m_max: int | None = None,
-        n_max: int | None = None,
-        outlier_rate_2d: float | None = None,
-        outlier_rate_3d: float | None = None,
+        control: PointControl | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
-        super().__init__(control, split=split, seed=seed, dtype=dtype)
+        super().__init__(control or PointControl(), split=split, seed=seed, dtype=dtype)
         self.root = Path(root)
         self.is_mat = self.root.suffix.lower() in (".mat", ".h5", ".hdf5")
         self.depth_key = depth_key

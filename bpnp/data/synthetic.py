@@ -212,7 +212,7 @@ class SyntheticDataset(CorrespondenceDataset):
             the default uses compositions only.
         num_points, visibility, noise_px, image_size, focal, scale_range, distance_range,
             max_rotation_deg, reference_view_deg: see :class:`ObjectProtocol`.
-        m_max, n_max, outlier_rate_2d, outlier_rate_3d: see :class:`PointControl`.
+        control: outlier rates and set-size caps (:class:`PointControl`; None: none).
         seed: base seed.
     """
 
@@ -232,15 +232,11 @@ class SyntheticDataset(CorrespondenceDataset):
         distance_range: tuple[float, float] = (1.0, 2.5),
         max_rotation_deg: float = 180.0,
         reference_view_deg: float | None = None,
-        m_max: int | None = None,
-        n_max: int | None = None,
-        outlier_rate_2d: float | None = None,
-        outlier_rate_3d: float | None = None,
+        control: PointControl | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        control = PointControl(m_max, n_max, outlier_rate_2d, outlier_rate_3d)
-        super().__init__(control, split=split, seed=seed, dtype=dtype)
+        super().__init__(control or PointControl(), split=split, seed=seed, dtype=dtype)
         unknown = set(shapes) - set(SHAPES)
         if unknown or not shapes:
             raise ValueError(f"shapes {list(shapes)}: expected a non-empty subset of {SHAPES}")
