@@ -21,7 +21,7 @@ import open3d as o3d
 from rich.console import Console
 from rich.table import Table
 
-from bpnp.data import BlindPnPDataModule, SyntheticDataset
+from bpnp.data import BlindPnPDataModule, ObjectProtocol, SyntheticDataset
 from bpnp.data.cache import write_cache
 from bpnp.data.synthetic import random_composite
 
@@ -109,7 +109,11 @@ def main() -> None:
         ("bpnpnet archive (generated)", dict(source="bpnpnet_archive", root=archive)),
     ]
     cache = tmp / "cache"
-    write_cache(SyntheticDataset(num_samples=512, num_points=1000), cache / "train", progress=False)
+    write_cache(
+        SyntheticDataset(num_samples=512, protocol=ObjectProtocol(num_points=1000)),
+        cache / "train",
+        progress=False,
+    )
     configs.append(("prepared cache of synthetic", dict(cache_dir=str(cache))))
     colmap = SHARED / "colmap" / "statue_of_liberty"
     if colmap.is_dir():

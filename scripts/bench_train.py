@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch.utils.data import DataLoader
 
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.models import BlindPnPNet, NetConfig
 from bpnp.nodes import SolverOptions, weighted_pnp
 from bpnp.training.losses import correspondence_loss, rotation_loss, translation_loss
@@ -43,7 +43,9 @@ def main() -> None:
     )
     net = BlindPnPNet(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-3)
-    data = SyntheticDataset(num_samples=args.batch * (args.steps + 2), num_points=args.points)
+    data = SyntheticDataset(
+        num_samples=args.batch * (args.steps + 2), protocol=ObjectProtocol(num_points=args.points)
+    )
     loader = iter(DataLoader(data, batch_size=args.batch, collate_fn=collate, num_workers=args.workers))
     times: dict[str, float] = defaultdict(float)
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from bpnp.data import PointControl, SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, PointControl, SyntheticDataset, collate
 from bpnp.data.synthetic import UNIFORM_PROTOCOL
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized, rotation_angle
 from bpnp.geometry.view_search import view_search
@@ -36,7 +36,10 @@ def main() -> None:
         r = rate if rate > 0 else None
         control = PointControl(outlier_rate_2d=r, outlier_rate_3d=r)
         ds = SyntheticDataset(
-            args.problems, "test", num_points=args.points, control=control, **UNIFORM_PROTOCOL
+            args.problems,
+            "test",
+            control=control,
+            protocol=ObjectProtocol(num_points=args.points, **UNIFORM_PROTOCOL),
         )
         batches = [collate([ds[i] for i in range(s, min(s + 16, len(ds)))]) for s in range(0, len(ds), 16)]
         for fine in args.fine_points:

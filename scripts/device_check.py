@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from bpnp.data import SyntheticDataset, collate  # noqa: E402
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate  # noqa: E402
 from bpnp.geometry import axis_angle_to_matrix  # noqa: E402
 from bpnp.models import BlindPnPNet, NetConfig  # noqa: E402
 from bpnp.nodes import sinkhorn, weighted_pnp  # noqa: E402
@@ -112,7 +112,7 @@ def latency_rows(device: torch.device, points: int, batch: int, repeats: int) ->
     the PnP layer), and one training step (forward with the pose stage, a loss, backward)."""
     torch.manual_seed(0)
     net = BlindPnPNet(NetConfig(ransac={"iterations": 1000})).to(device)
-    data = SyntheticDataset(num_samples=batch, num_points=points, seed=0)
+    data = SyntheticDataset(num_samples=batch, seed=0, protocol=ObjectProtocol(num_points=points))
     b = collate([data[i] for i in range(batch)]).to(device)
 
     def infer():

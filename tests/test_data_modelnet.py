@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bpnp.data import ModelNet40Dataset
+from bpnp.data import ModelNet40Dataset, ObjectProtocol
 from bpnp.geometry import project_points
 
 
@@ -36,18 +36,43 @@ def modelnet_root(tmp_path: Path) -> Path:
 
 
 def test_reads_layout_and_splits(modelnet_root):
-    train = ModelNet40Dataset(modelnet_root, split="train", val_fraction=0.2, num_points=200)
-    val = ModelNet40Dataset(modelnet_root, split="val", val_fraction=0.2, num_points=200)
-    test = ModelNet40Dataset(modelnet_root, split="test", num_points=200, samples_per_mesh=3)
+    train = ModelNet40Dataset(
+        modelnet_root,
+        split="train",
+        val_fraction=0.2,
+        protocol=ObjectProtocol(num_points=200, scale_range=(1.0, 1.0)),
+    )
+    val = ModelNet40Dataset(
+        modelnet_root,
+        split="val",
+        val_fraction=0.2,
+        protocol=ObjectProtocol(num_points=200, scale_range=(1.0, 1.0)),
+    )
+    test = ModelNet40Dataset(
+        modelnet_root,
+        split="test",
+        samples_per_mesh=3,
+        protocol=ObjectProtocol(num_points=200, scale_range=(1.0, 1.0)),
+    )
     assert (len(train), len(val), len(test)) == (8, 2, 6)
     assert not set(train.files) & set(val.files)
     assert {f.parent.parent.name for f in test.files} == {"chair", "table"}
-    only = ModelNet40Dataset(modelnet_root, split="test", classes=["table"], num_points=50)
+    only = ModelNet40Dataset(
+        modelnet_root,
+        split="test",
+        classes=["table"],
+        protocol=ObjectProtocol(num_points=50, scale_range=(1.0, 1.0)),
+    )
     assert len(only) == 1 and only[0].scene == "table"
 
 
 def test_points_lie_on_the_mesh_and_project(modelnet_root):
-    ds = ModelNet40Dataset(modelnet_root, split="train", num_points=300, dtype=torch.float64)
+    ds = ModelNet40Dataset(
+        modelnet_root,
+        split="train",
+        dtype=torch.float64,
+        protocol=ObjectProtocol(num_points=300, scale_range=(1.0, 1.0)),
+    )
     for i in range(len(ds)):  # includes the fused-header file
         s = ds[i]
         X = s.points3d.numpy()
@@ -73,6 +98,11 @@ def test_missing_and_corrupt_files_are_named(tmp_path, modelnet_root):
         ModelNet40Dataset(modelnet_root, classes=["sofa"])
     bad = modelnet_root / "chair" / "test" / "chair_9000.off"
     bad.write_text("this is not a mesh\n")
-    ds = ModelNet40Dataset(modelnet_root, split="test", classes=["chair"], num_points=50)
+    ds = ModelNet40Dataset(
+        modelnet_root,
+        split="test",
+        classes=["chair"],
+        protocol=ObjectProtocol(num_points=50, scale_range=(1.0, 1.0)),
+    )
     with pytest.raises(ValueError, match="chair_9000.off"):
         ds[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bpnp.data import Batch, BlindPnPDataModule, CachedDataset, PointControl, SyntheticDataset
+from bpnp.data import Batch, BlindPnPDataModule, CachedDataset, ObjectProtocol, PointControl, SyntheticDataset
 from bpnp.data.cache import write_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,9 @@ def test_bad_configuration_is_named(tmp_path):
 
 def test_cache_round_trip_and_data_module_reads_it(tmp_path):
     src = SyntheticDataset(
-        num_samples=7, num_points=50, visibility="hpr", control=PointControl(outlier_rate_2d=0.2)
+        num_samples=7,
+        control=PointControl(outlier_rate_2d=0.2),
+        protocol=ObjectProtocol(num_points=50, visibility="hpr"),
     )
     summary = write_cache(src, tmp_path / "train", shard_size=3, progress=False)
     assert summary["written"] == 7 and sum(summary["rejected"].values()) == 0
@@ -91,7 +93,7 @@ def test_cache_round_trip_and_data_module_reads_it(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert sorted(batch.id) == sorted(src[i].id for i in range(7))
     assert cached[0].R_ref is None
-    ref = SyntheticDataset(num_samples=3, num_points=50, reference_view_deg=10.0)
+    ref = SyntheticDataset(num_samples=3, protocol=ObjectProtocol(num_points=50, reference_view_deg=10.0))
     write_cache(ref, tmp_path / "ref", progress=False)
     assert torch.equal(CachedDataset(tmp_path / "ref")[2].R_ref, ref[2].R_ref)
     assert torch.equal(CachedDataset(tmp_path / "ref")[2].t_ref, ref[2].t_ref)
@@ -197,7 +199,10 @@ def test_the_base_class_checks_splits_and_picks_streams_for_every_source():
     ):
         SyntheticDataset(num_samples=2, split="tset")
     assert [SyntheticDataset(num_samples=1, split=s).stream for s in ("train", "val", "test")] == [0, 1, 2]
-    a, b = (SyntheticDataset(num_samples=1, num_points=32, split=s)[0] for s in ("train", "test"))
+    a, b = (
+        SyntheticDataset(num_samples=1, split=s, protocol=ObjectProtocol(num_points=32))[0]
+        for s in ("train", "test")
+    )
     assert not torch.equal(a.points3d, b.points3d)
     assert ModelNet40Dataset.split_streams and ModelNet40Dataset.splits == ("train", "val", "test")
     for cls in (ColmapDataset, RGBDDataset, BPnPNetArchiveDataset):
@@ -214,3 +219,19 @@ def test_config_point_control_keys_become_the_sources_control():
     assert len(s.points2d) == 40 and abs(float((s.match < 0).float().mean()) - 0.5) < 0.05
     with pytest.raises(ValueError, match=r"\['m_max'\] and 'control' both set the point control"):
         build_dataset("synthetic", "train", num_samples=2, m_max=40, control=PointControl())
+
+
+def test_config_protocol_keys_update_the_object_sources_default_protocol(tmp_path):
+    from bpnp.data import ModelNet40Dataset, ObjectProtocol, build_dataset
+
+    ds = build_dataset(
+        "synthetic", "train", num_samples=2, num_points=64, noise_px=1.0, image_size=[320, 240]
+    )
+    assert ds.protocol == ObjectProtocol(num_points=64, noise_px=1.0, image_size=(320, 240))
+    assert ModelNet40Dataset.default_protocol == ObjectProtocol(scale_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"\['num_points'\] and 'protocol' both set the object protocol"):
+        build_dataset("synthetic", "train", num_samples=2, num_points=64, protocol=ObjectProtocol())
+    with pytest.raises(
+        ValueError, match=r"'num_pionts' is not an option of source 'synthetic' \(did you mean 'num_points'"
+    ):
+        build_dataset("synthetic", "train", num_pionts=64)

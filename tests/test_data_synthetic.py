@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bpnp.data import PointControl, SyntheticDataset
+from bpnp.data import ObjectProtocol, PointControl, SyntheticDataset
 from bpnp.data.synthetic import primitive, sample_surface
 
 
@@ -18,7 +18,9 @@ def cv2_project(s) -> np.ndarray:
 
 @pytest.mark.parametrize("shapes", [("composite",), ("box", "sphere", "cylinder", "cone", "torus")])
 def test_projections_match_opencv_and_stay_in_the_image(shapes):
-    ds = SyntheticDataset(num_samples=20, shapes=shapes, num_points=300, dtype=torch.float64)
+    ds = SyntheticDataset(
+        num_samples=20, shapes=shapes, dtype=torch.float64, protocol=ObjectProtocol(num_points=300)
+    )
     for i in range(len(ds)):
         s = ds[i]
         assert s.points2d.shape == (300, 2) and s.points3d.shape == (300, 3) and s.num_inliers == 300
@@ -34,32 +36,45 @@ def test_projections_match_opencv_and_stay_in_the_image(shapes):
 
 
 def test_2d_set_is_shuffled():
-    s = SyntheticDataset(num_samples=1, num_points=200)[0]
+    s = SyntheticDataset(num_samples=1, protocol=ObjectProtocol(num_points=200))[0]
     assert not torch.equal(s.match, torch.arange(200))
 
 
 def test_deterministic_per_seed_and_index_and_split():
     a = SyntheticDataset(
-        num_samples=10, num_points=100, seed=5, noise_px=1.0, control=PointControl(outlier_rate_2d=0.2)
+        num_samples=10,
+        seed=5,
+        control=PointControl(outlier_rate_2d=0.2),
+        protocol=ObjectProtocol(num_points=100, noise_px=1.0),
     )
     b = SyntheticDataset(
-        num_samples=10, num_points=100, seed=5, noise_px=1.0, control=PointControl(outlier_rate_2d=0.2)
+        num_samples=10,
+        seed=5,
+        control=PointControl(outlier_rate_2d=0.2),
+        protocol=ObjectProtocol(num_points=100, noise_px=1.0),
     )
     for i in (7, 2, 7):  # any access order
         torch.testing.assert_close(a[i].points2d, b[i].points2d)
         torch.testing.assert_close(a[i].points3d, b[i].points3d)
         assert torch.equal(a[i].match, b[i].match)
     other_seed = SyntheticDataset(
-        num_samples=10, num_points=100, seed=6, noise_px=1.0, control=PointControl(outlier_rate_2d=0.2)
+        num_samples=10,
+        seed=6,
+        control=PointControl(outlier_rate_2d=0.2),
+        protocol=ObjectProtocol(num_points=100, noise_px=1.0),
     )
-    other_split = SyntheticDataset(num_samples=10, num_points=100, seed=5, split="val", noise_px=1.0)
+    other_split = SyntheticDataset(
+        num_samples=10, seed=5, split="val", protocol=ObjectProtocol(num_points=100, noise_px=1.0)
+    )
     assert not torch.equal(a[3].points3d, other_seed[3].points3d)
     assert not torch.equal(a[3].points3d, other_split[3].points3d)
     assert not torch.equal(a[3].points3d, a[4].points3d)
 
 
 def test_pixel_noise_has_the_requested_spread():
-    ds = SyntheticDataset(num_samples=3, num_points=500, noise_px=2.0, dtype=torch.float64)
+    ds = SyntheticDataset(
+        num_samples=3, dtype=torch.float64, protocol=ObjectProtocol(num_points=500, noise_px=2.0)
+    )
     res = []
     for i in range(len(ds)):
         s = ds[i]
@@ -70,7 +85,9 @@ def test_pixel_noise_has_the_requested_spread():
 
 def test_outlier_rates_are_achieved():
     ds = SyntheticDataset(
-        num_samples=5, num_points=400, control=PointControl(outlier_rate_2d=0.5, outlier_rate_3d=0.25)
+        num_samples=5,
+        control=PointControl(outlier_rate_2d=0.5, outlier_rate_3d=0.25),
+        protocol=ObjectProtocol(num_points=400),
     )
     for i in range(len(ds)):
         s = ds[i]
@@ -86,10 +103,8 @@ def test_hpr_hides_the_far_side_of_a_sphere():
     ds = SyntheticDataset(
         num_samples=4,
         shapes=["sphere"],
-        visibility="hpr",
-        num_points=600,
-        scale_range=(1, 1),
         dtype=torch.float64,
+        protocol=ObjectProtocol(visibility="hpr", num_points=600, scale_range=(1, 1)),
     )
     for i in range(len(ds)):
         s = ds[i]
@@ -107,7 +122,9 @@ def test_hpr_hides_the_far_side_of_a_sphere():
 
 def test_cap_and_min_inliers():
     ds = SyntheticDataset(
-        num_samples=10, visibility="hpr", num_points=300, control=PointControl(m_max=50, n_max=80)
+        num_samples=10,
+        control=PointControl(m_max=50, n_max=80),
+        protocol=ObjectProtocol(visibility="hpr", num_points=300),
     )
     for i in range(len(ds)):
         s = ds[i]
@@ -126,7 +143,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="shapes"):
         SyntheticDataset(shapes=["teapot"])
     with pytest.raises(ValueError, match="visibility"):
-        SyntheticDataset(visibility="zbuffer")
+        SyntheticDataset(protocol=ObjectProtocol(visibility="zbuffer"))
     with pytest.raises(ValueError, match="split"):
         SyntheticDataset(split="training")
 
@@ -134,8 +151,10 @@ def test_bad_arguments_are_named():
 def test_reference_view_is_a_nearby_camera_and_leaves_the_problem_unchanged():
     from bpnp.geometry import rotation_error_deg
 
-    plain = SyntheticDataset(num_samples=20, num_points=50, seed=4)
-    ref = SyntheticDataset(num_samples=20, num_points=50, seed=4, reference_view_deg=25.0)
+    plain = SyntheticDataset(num_samples=20, seed=4, protocol=ObjectProtocol(num_points=50))
+    ref = SyntheticDataset(
+        num_samples=20, seed=4, protocol=ObjectProtocol(num_points=50, reference_view_deg=25.0)
+    )
     angles = []
     for i in range(20):
         a, b = plain[i], ref[i]
@@ -146,4 +165,4 @@ def test_reference_view_is_a_nearby_camera_and_leaves_the_problem_unchanged():
         torch.testing.assert_close(b.R_ref @ b.R_ref.T, torch.eye(3), atol=1e-5, rtol=0)
     assert max(angles) <= 25.0 + 1e-3 and max(angles) > 10.0
     with pytest.raises(ValueError, match="reference_view_deg"):
-        SyntheticDataset(num_samples=2, reference_view_deg=200.0)
+        SyntheticDataset(num_samples=2, protocol=ObjectProtocol(reference_view_deg=200.0))

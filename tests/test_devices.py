@@ -6,7 +6,7 @@ import torch
 from training_utils import CONFIGS, TINY, write_config
 
 from bpnp.cli.train import cli_main
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.geometry import axis_angle_to_matrix, rotation_error_deg
 from bpnp.models import BlindPnPNet, NetConfig
 from bpnp.nodes import sinkhorn, weighted_pnp
@@ -51,7 +51,7 @@ def test_network_forward_on_the_device_matches_the_cpu(device):
     net = BlindPnPNet(
         NetConfig(blocks=1, channels=16, feature_dim=16, knn=4, ransac={"iterations": 100})
     ).double()
-    data = SyntheticDataset(num_samples=2, num_points=40, seed=1)
+    data = SyntheticDataset(num_samples=2, seed=1, protocol=ObjectProtocol(num_points=40))
     b = collate([data[i] for i in range(len(data))])
     ref = net(b.points2d.double(), b.points3d.double(), b.K.double())
     out = net.to(device)(b.points2d.to(device, F64), b.points3d.to(device, F64), b.K.to(device, F64))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bpnp.data import Batch, PointControl, SyntheticDataset, collate
+from bpnp.data import Batch, ObjectProtocol, PointControl, SyntheticDataset, collate
 from bpnp.evaluation import (
     HungarianMatcher,
     MethodOutput,
@@ -32,9 +32,8 @@ def synthetic(n: int = 6, rate: float | None = 0.3, noise_px: float = 0.5) -> Sy
     return SyntheticDataset(
         num_samples=n,
         split="test",
-        num_points=120,
-        noise_px=noise_px,
         control=PointControl(outlier_rate_2d=rate, outlier_rate_3d=rate),
+        protocol=ObjectProtocol(num_points=120, noise_px=noise_px),
     )
 
 
@@ -187,10 +186,9 @@ def test_map_baselines_use_the_reference_view():
     # the reference view at the query's own camera: nearest bearings are the true pairs
     ds = SyntheticDataset(
         num_samples=3,
-        num_points=40,
         seed=5,
-        reference_view_deg=0.0,
         control=PointControl(outlier_rate_3d=0.3),
+        protocol=ObjectProtocol(num_points=40, reference_view_deg=0.0),
     )
     batch = collate([ds[i] for i in range(3)])
     out = BearingHungarian()(batch)
@@ -199,7 +197,7 @@ def test_map_baselines_use_the_reference_view():
     assert (batch.match[0, pairs[:, 0]] == pairs[:, 1]).all()  # every kept pair is a true one
     got = RetrievedPoseBaseline()(batch)
     assert torch.equal(got.R, batch.R_ref) and torch.equal(got.t, batch.t_ref)
-    plain = collate([SyntheticDataset(num_samples=1, num_points=40)[0]])
+    plain = collate([SyntheticDataset(num_samples=1, protocol=ObjectProtocol(num_points=40))[0]])
     for method in (RetrievedPoseBaseline(), BearingHungarian()):
         with pytest.raises(ValueError, match="reference view"):
             method(plain)

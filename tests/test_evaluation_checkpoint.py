@@ -15,7 +15,7 @@ from training_utils import TINY, checkpoint_callback, write_config
 
 from bpnp.cli.evaluate import evaluate_main, load_method_from_checkpoint
 from bpnp.cli.train import cli_main
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.models import NetConfig
 from bpnp.training import BlindPnPModule
 
@@ -67,8 +67,10 @@ def test_checkpoint_methods_are_deterministic_and_in_eval_mode(checkpoint):
     network, hungarian = load_method_from_checkpoint(checkpoint, "cpu")
     assert (network.name, hungarian.name) == ("bpnp", "features+hungarian")
     assert not network.module.training
-    batch = collate([SyntheticDataset(num_samples=2, split="test", num_points=32, max_rotation_deg=45)[i]
-                     for i in range(2)])  # fmt: skip
+    ds = SyntheticDataset(
+        num_samples=2, split="test", protocol=ObjectProtocol(num_points=32, max_rotation_deg=45)
+    )
+    batch = collate([ds[i] for i in range(2)])
     first, second = network(batch), network(batch)
     torch.testing.assert_close(first.R, second.R)
     assert first.R_init is not None and first.pairs.shape[:2] == (2, network.module.net.topk(32))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.geometry import rotation_error_deg
 from bpnp.models import (
     BlindPnPNet,
@@ -82,7 +82,10 @@ def test_exact_top_pairs_orders_scores():
 def test_network_forward_backward_and_predict(cfg):
     torch.manual_seed(0)
     net = BlindPnPNet(cfg)
-    samples = [SyntheticDataset(num_samples=2, num_points=n, seed=1)[i] for i, n in enumerate([20, 20])]
+    samples = [
+        SyntheticDataset(num_samples=2, seed=1, protocol=ObjectProtocol(num_points=n))[i]
+        for i, n in enumerate([20, 20])
+    ]
     samples[1].points2d, samples[1].match = samples[1].points2d[:15], samples[1].match[:15]
     b = collate(samples)
     out = net(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
@@ -114,7 +117,9 @@ def test_autocast_keeps_geometry_and_cost_accurate(dtype):
             pnp={"objective": "reprojection"},
         )
     )
-    b = collate([SyntheticDataset(num_samples=2, num_points=24, seed=2)[i] for i in range(2)])
+    b = collate(
+        [SyntheticDataset(num_samples=2, seed=2, protocol=ObjectProtocol(num_points=24))[i] for i in range(2)]
+    )
     _, x2d_ref = net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
     f = torch.nn.functional.normalize(torch.randn(2, 24, 16), dim=-1)
     g = torch.nn.functional.normalize(f + 1e-3 * torch.randn(2, 24, 16), dim=-1)  # near matches
@@ -170,7 +175,10 @@ def test_bearing_input_is_the_reference_camera_bearing_and_frame_free():
     torch.manual_seed(0)
     net = BlindPnPNet(NetConfig(blocks=1, channels=16, feature_dim=16, knn=4, input3d="bearings"))
     samples = [
-        SyntheticDataset(num_samples=2, num_points=20, seed=1, reference_view_deg=20.0)[i] for i in range(2)
+        SyntheticDataset(
+            num_samples=2, seed=1, protocol=ObjectProtocol(num_points=20, reference_view_deg=20.0)
+        )[i]
+        for i in range(2)
     ]
     b = collate(samples)
     M = net.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)[0]
@@ -197,7 +205,13 @@ def test_bearing_prior_adds_the_scaled_angle_to_the_cost():
     with_prior = BlindPnPNet(NetConfig(**cfg, bearing_prior=10.0))
     plain = BlindPnPNet(NetConfig(**cfg))
     plain.load_state_dict(with_prior.state_dict(), strict=False)
-    b = collate([SyntheticDataset(num_samples=1, num_points=20, seed=2, reference_view_deg=10.0)[0]])
+    b = collate(
+        [
+            SyntheticDataset(
+                num_samples=1, seed=2, protocol=ObjectProtocol(num_points=20, reference_view_deg=10.0)
+            )[0]
+        ]
+    )
     M1 = with_prior.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)[0]
     M0 = plain.match_cost(b.points2d, b.points3d, b.K, b.mask2d, b.mask3d, ref=b.ref_view)[0]
     # independent: the angle between the query bearing and the reference-view bearing, in float64
@@ -220,7 +234,7 @@ def test_reference_initialisation_picks_the_pose_with_more_inliers():
     net = BlindPnPNet(
         NetConfig(blocks=1, channels=16, feature_dim=16, reference_init=True, ransac={"iterations": 200})
     )
-    s = SyntheticDataset(num_samples=1, num_points=60, seed=3, noise_px=0.5)[0]
+    s = SyntheticDataset(num_samples=1, seed=3, protocol=ObjectProtocol(num_points=60, noise_px=0.5))[0]
     b = collate([s])
     from bpnp.geometry import pixels_to_normalized
     from bpnp.geometry.view_search import perturb_rotation
@@ -259,7 +273,9 @@ def test_candidates_count_support_on_the_one_to_one_assignment_when_asked():
         NetConfig(blocks=1, channels=16, feature_dim=16, reference_init=True, hungarian_init=True,
                   ransac={"iterations": 200})
     )  # fmt: skip
-    b = collate([SyntheticDataset(num_samples=1, num_points=60, seed=3, noise_px=0.5)[0]])
+    b = collate(
+        [SyntheticDataset(num_samples=1, seed=3, protocol=ObjectProtocol(num_points=60, noise_px=0.5))[0]]
+    )
     from bpnp.geometry import pixels_to_normalized, project_normalized
     from bpnp.geometry.view_search import perturb_rotation
 
@@ -298,7 +314,9 @@ def test_rematching_uses_the_previous_pose_as_the_reference_view():
                reference_init=True, ransac={"iterations": 100})  # fmt: skip
     one, two = BlindPnPNet(NetConfig(**cfg)), BlindPnPNet(NetConfig(**cfg, rematch_passes=1))
     two.load_state_dict(one.state_dict())
-    ds = SyntheticDataset(num_samples=2, num_points=30, seed=6, reference_view_deg=10.0, noise_px=0.5)
+    ds = SyntheticDataset(
+        num_samples=2, seed=6, protocol=ObjectProtocol(num_points=30, reference_view_deg=10.0, noise_px=0.5)
+    )
     b = collate([ds[0], ds[1]])
     args = (b.points2d, b.points3d, b.K, b.mask2d, b.mask3d)
     with torch.no_grad():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.models import NetConfig
 from bpnp.training import BlindPnPModule
 from bpnp.training.losses import inlier_mass
@@ -15,7 +15,9 @@ NET = NetConfig(
 
 
 def _batch():
-    ds = SyntheticDataset(num_samples=4, num_points=32, max_rotation_deg=45.0, seed=1)
+    ds = SyntheticDataset(
+        num_samples=4, seed=1, protocol=ObjectProtocol(num_points=32, max_rotation_deg=45.0)
+    )
     return collate([ds[i] for i in range(4)])
 
 
@@ -67,8 +69,12 @@ def test_pose_weight_follows_its_unit(unit, epoch, step, expected, monkeypatch):
 def test_switching_the_pose_loss_on_keeps_the_matching():
     torch.manual_seed(0)
     module = BlindPnPModule(net=NET, lr=3e-3)
-    train = SyntheticDataset(num_samples=64, num_points=32, max_rotation_deg=45.0, seed=4)
-    val_set = SyntheticDataset(num_samples=16, num_points=32, max_rotation_deg=45.0, split="val", seed=4)
+    train = SyntheticDataset(
+        num_samples=64, seed=4, protocol=ObjectProtocol(num_points=32, max_rotation_deg=45.0)
+    )
+    val_set = SyntheticDataset(
+        num_samples=16, split="val", seed=4, protocol=ObjectProtocol(num_points=32, max_rotation_deg=45.0)
+    )
     val = collate([val_set[i] for i in range(16)])
     batches = [collate([train[i] for i in range(k, k + 8)]) for k in range(0, 64, 8)]
     opt = torch.optim.Adam(module.parameters(), lr=3e-3)

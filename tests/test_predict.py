@@ -16,7 +16,7 @@ from training_utils import ROOT, SCENES, STATUE
 from bpnp import load_pretrained
 from bpnp.cli.predict import predict_main
 from bpnp.data.files import read_intrinsics, read_points
-from bpnp.data.synthetic import UNIFORM_PROTOCOL, SyntheticDataset
+from bpnp.data.synthetic import UNIFORM_PROTOCOL, ObjectProtocol, SyntheticDataset
 from bpnp.geometry import rotation_error_deg
 from bpnp.models import PRETRAINED
 
@@ -24,7 +24,9 @@ from bpnp.models import PRETRAINED
 @pytest.fixture(scope="module")
 def problem():
     """A test problem of the shipped network's protocol (no outliers), with its true pose."""
-    s = SyntheticDataset(split="test", seed=0, num_samples=1, num_points=256, **UNIFORM_PROTOCOL)[0]
+    s = SyntheticDataset(
+        split="test", seed=0, num_samples=1, protocol=ObjectProtocol(num_points=256, **UNIFORM_PROTOCOL)
+    )[0]
     return s.points2d.double().numpy(), s.points3d.double().numpy(), s.K.double().numpy(), s.R.double()
 
 

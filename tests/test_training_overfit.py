@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.geometry import rotation_error_deg
 from bpnp.models import BlindPnPNet, NetConfig
 from bpnp.training.losses import correspondence_loss, rotation_loss, translation_loss
@@ -13,7 +13,9 @@ from bpnp.training.losses import correspondence_loss, rotation_loss, translation
 
 def test_overfit_eight_problems_reaches_two_degrees_within_a_minute():
     torch.manual_seed(0)
-    batch = collate([SyntheticDataset(num_samples=8, num_points=64, seed=3)[i] for i in range(8)])
+    batch = collate(
+        [SyntheticDataset(num_samples=8, seed=3, protocol=ObjectProtocol(num_points=64))[i] for i in range(8)]
+    )
     net = BlindPnPNet(
         NetConfig(knn=10, blocks=2, sinkhorn_iters=50, ransac={"iterations": 200}, pnp_sparse_topk=64)
     )

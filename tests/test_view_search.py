@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.geometry import normalized_to_bearings, pixels_to_normalized, rotation_angle
 from bpnp.geometry.view_search import (
     canonical_camera,
@@ -65,7 +65,12 @@ def test_dense_points_drop_uniform_clutter():
 
 
 def test_view_search_finds_the_camera_rotation_up_to_a_few_degrees():
-    ds = SyntheticDataset(num_samples=8, num_points=256, split="test", distance_range=(1.4, 2.8), seed=3)
+    ds = SyntheticDataset(
+        num_samples=8,
+        split="test",
+        seed=3,
+        protocol=ObjectProtocol(num_points=256, distance_range=(1.4, 2.8)),
+    )
     b = collate([ds[i] for i in range(8)])
     bearings = normalized_to_bearings(pixels_to_normalized(b.points2d, b.K))
     R_view, R_c = view_search(

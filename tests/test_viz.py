@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bpnp.cli.visualise import visualise_main
-from bpnp.data import PointControl, SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, PointControl, SyntheticDataset, collate
 from bpnp.evaluation import OracleBaseline, RandomBaseline, RansacConfig
 from bpnp.viz import draw_matches, plot_plan, problem_images, problem_view, save_problem_images, wandb_images
 from bpnp.viz.render3d import build_scene, offscreen_available, render_scene
@@ -21,7 +21,10 @@ from bpnp.viz.render3d import build_scene, offscreen_available, render_scene
 def batch():
     rate = 0.3
     ds = SyntheticDataset(
-        2, "test", num_points=80, control=PointControl(outlier_rate_2d=rate, outlier_rate_3d=rate)
+        2,
+        "test",
+        control=PointControl(outlier_rate_2d=rate, outlier_rate_3d=rate),
+        protocol=ObjectProtocol(num_points=80),
     )
     return collate([ds[0], ds[1]])
 
@@ -74,11 +77,11 @@ def test_3d_render_backends(batch, backend):
 _LEGACY = """
 import sys
 import cv2
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.evaluation import OracleBaseline
 from bpnp.viz import problem_view
 from bpnp.viz.render3d import render_scene
-batch = collate([SyntheticDataset(1, "test", num_points=60)[0]])
+batch = collate([SyntheticDataset(1, "test", protocol=ObjectProtocol(num_points=60))[0]])
 try:
     img, _ = render_scene(problem_view(batch, OracleBaseline()(batch), 0), (400, 300), backend="legacy")
 except RuntimeError as e:
@@ -167,11 +170,11 @@ def test_render_falls_back_and_says_so(batch, monkeypatch, caplog):
 
 
 _OPEN3D_EXIT = """
-from bpnp.data import SyntheticDataset, collate
+from bpnp.data import ObjectProtocol, SyntheticDataset, collate
 from bpnp.evaluation import OracleBaseline
 from bpnp.viz import problem_view
 from bpnp.viz.render3d import render_scene
-batch = collate([SyntheticDataset(1, "test", num_points=60)[0]])
+batch = collate([SyntheticDataset(1, "test", protocol=ObjectProtocol(num_points=60))[0]])
 view = problem_view(batch, OracleBaseline()(batch), 0)
 for size in [(400, 300), (320, 240)]:
     img, used = render_scene(view, size, backend="open3d")

@@ -13,7 +13,7 @@ import numpy as np
 import open3d as o3d
 from jsonargparse import ArgumentParser
 
-from bpnp.data.synthetic import UNIFORM_PROTOCOL, SyntheticDataset
+from bpnp.data.synthetic import UNIFORM_PROTOCOL, ObjectProtocol, SyntheticDataset
 from bpnp.data.transforms import PointControl
 
 
@@ -23,7 +23,11 @@ def write_example(
     """Write problem ``index`` of the synthetic test stream (uniform rotations) under ``out``."""
     control = PointControl(outlier_rate_2d=outlier_rate, outlier_rate_3d=outlier_rate)
     sample = SyntheticDataset(
-        split="test", seed=0, num_samples=index + 1, num_points=points, control=control, **UNIFORM_PROTOCOL
+        split="test",
+        seed=0,
+        num_samples=index + 1,
+        control=control,
+        protocol=ObjectProtocol(num_points=points, **UNIFORM_PROTOCOL),
     )[index]
     out.mkdir(parents=True, exist_ok=True)
     paths = {"points2d": out / "points2d.txt", "points3d": out / "points3d.ply", "K": out / "K.txt"}

@@ -8,7 +8,7 @@ from bpnp.data.datamodule import SOURCES, BlindPnPDataModule, build_dataset
 from bpnp.data.modelnet import ModelNet40Dataset
 from bpnp.data.rgbd import RGBDDataset
 from bpnp.data.sample import Batch, Sample, collate
-from bpnp.data.synthetic import SyntheticDataset
+from bpnp.data.synthetic import ObjectProtocol, SyntheticDataset
 from bpnp.data.transforms import PointControl
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "RGBDDataset",
     "RejectedSample",
     "Sample",
+    "ObjectProtocol",
     "SyntheticDataset",
     "build_dataset",
     "collate",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -20,11 +21,16 @@ from bpnp.data.colmap import ColmapDataset, colmap_dataset
 from bpnp.data.modelnet import ModelNet40Dataset
 from bpnp.data.rgbd import RGBDDataset
 from bpnp.data.sample import Batch, Sample, collate
-from bpnp.data.synthetic import SyntheticDataset
+from bpnp.data.synthetic import ObjectProtocol, SyntheticDataset
 from bpnp.data.transforms import PointControl
 
 SOURCES = ("synthetic", "modelnet40", "colmap", "rgbd", "bpnpnet_archive")
 POINT_CONTROL = ("m_max", "n_max", "outlier_rate_2d", "outlier_rate_3d")
+PROTOCOL_KEYS = tuple(f.name for f in dataclasses.fields(ObjectProtocol))
+CLASSES = {"synthetic": SyntheticDataset, "modelnet40": ModelNet40Dataset, "colmap": ColmapDataset,
+           "rgbd": RGBDDataset, "bpnpnet_archive": BPnPNetArchiveDataset}  # fmt: skip
+# Sources that make problems from object meshes, configured by an ObjectProtocol.
+OBJECT_SOURCES = (SyntheticDataset, ModelNet40Dataset)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,9 @@ def build_dataset(
 
     ``options`` are keyword arguments of the source's class (for ``synthetic``, ``num_samples`` among
     them); the point-control keys ``m_max``, ``n_max``, ``outlier_rate_2d`` and ``outlier_rate_3d``
-    become its :class:`~bpnp.data.transforms.PointControl`. A COLMAP ``root`` holding several models
+    become its :class:`~bpnp.data.transforms.PointControl`, and for the object sources (synthetic,
+    ModelNet40) the fields of :class:`~bpnp.data.synthetic.ObjectProtocol` (``num_points``,
+    ``noise_px``, ...) update the source's default protocol. A COLMAP ``root`` holding several models
     (MegaDepth's scenes) gives their concatenation, split by scene unless ``split_by="image"`` (see
     :func:`~bpnp.data.colmap.colmap_dataset`).
 
@@ -46,22 +54,23 @@ def build_dataset(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}: expected one of {SOURCES}")
-    options = _point_control(options)
-    if source == "synthetic":
-        if root is not None:
-            raise ValueError(
-                f"data source 'synthetic' reads no root (got root={root!r}); pick a source that does"
-            )
-        _check_options(SyntheticDataset, options, source)
-        return SyntheticDataset(split=split, seed=seed, **options)
-    if root is None:
+    if source == "synthetic" and root is not None:
+        raise ValueError(
+            f"data source 'synthetic' reads no root (got root={root!r}); pick a source that does"
+        )
+    if source != "synthetic" and root is None:
         raise ValueError(f"data source {source!r} needs a root folder")
-    classes = {"modelnet40": ModelNet40Dataset, "rgbd": RGBDDataset, "bpnpnet_archive": BPnPNetArchiveDataset}
-    if source in classes:
-        _check_options(classes[source], options, source)
-        return classes[source](root, split=split, seed=seed, **options)
-    _check_options(ColmapDataset, options, source, extra=("scenes",))
-    return colmap_dataset(root, split=split, seed=seed, **options)
+    cls = CLASSES[source]
+    protocol = PROTOCOL_KEYS if cls in OBJECT_SOURCES else ()
+    _check_options(cls, options, source, extra=("scenes",) * (source == "colmap") + POINT_CONTROL + protocol)
+    options = _point_control(options)
+    if protocol:
+        options = _object_protocol(cls, options)
+    if source == "synthetic":
+        return SyntheticDataset(split=split, seed=seed, **options)
+    if source == "colmap":
+        return colmap_dataset(root, split=split, seed=seed, **options)
+    return cls(root, split=split, seed=seed, **options)
 
 
 def _point_control(options: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +83,18 @@ def _point_control(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"data options {sorted(flat)} and 'control' both set the point control: give one")
     rest = {k: v for k, v in options.items() if k not in POINT_CONTROL}
     return {**rest, "control": PointControl(**flat)}
+
+
+def _object_protocol(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the flat object-protocol keys of a config (``num_points``, ``noise_px``, ...)
+    gathered into the source's ``protocol``, on top of its default one."""
+    flat = {k: options[k] for k in PROTOCOL_KEYS if k in options}
+    if not flat:
+        return options
+    if options.get("protocol") is not None:
+        raise ValueError(f"data options {sorted(flat)} and 'protocol' both set the object protocol: give one")
+    rest = {k: v for k, v in options.items() if k not in PROTOCOL_KEYS}
+    return {**rest, "protocol": dataclasses.replace(cls.default_protocol, **flat)}
 
 
 def _check_options(cls: type, options: dict[str, Any], source: str, extra: tuple[str, ...] = ()) -> None:

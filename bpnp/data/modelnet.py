@@ -90,13 +90,14 @@ class ModelNet40Dataset(CorrespondenceDataset):
         classes: class subfolders to use (None: all).
         samples_per_mesh: problems per mesh, each with its own points and camera.
         val_fraction: share of the train folder held out as val.
-        num_points, visibility, noise_px, image_size, focal, scale_range, distance_range: the
-            object protocol (BPnPNet's: 1000 points, ``visibility="none"``, no noise).
+        protocol: the object protocol (None: :attr:`default_protocol`, BPnPNet's: 1000 points,
+            ``visibility="none"``, no noise, unscaled meshes).
         control: outlier rates and set-size caps (:class:`PointControl`; None: none).
         seed: base seed.
     """
 
     max_attempts = 20
+    default_protocol = ObjectProtocol(scale_range=(1.0, 1.0))
 
     def __init__(
         self,
@@ -105,13 +106,7 @@ class ModelNet40Dataset(CorrespondenceDataset):
         classes: list[str] | None = None,
         samples_per_mesh: int = 1,
         val_fraction: float = 0.1,
-        num_points: int = 1000,
-        visibility: str = "none",
-        noise_px: float = 0.0,
-        image_size: tuple[int, int] = (640, 480),
-        focal: float = 525.0,
-        scale_range: tuple[float, float] = (1.0, 1.0),
-        distance_range: tuple[float, float] = (1.0, 2.5),
+        protocol: ObjectProtocol | None = None,
         control: PointControl | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
@@ -123,15 +118,7 @@ class ModelNet40Dataset(CorrespondenceDataset):
             files = [files[i] for i in split_items(len(files), split, seed, val_fraction, 0.0)]
         self.files = files
         self.samples_per_mesh = samples_per_mesh
-        self.protocol = ObjectProtocol(
-            num_points,
-            visibility,
-            noise_px,
-            tuple(image_size),
-            focal,
-            tuple(scale_range),
-            tuple(distance_range),
-        )
+        self.protocol = self.default_protocol if protocol is None else protocol
 
     def __len__(self) -> int:
         return len(self.files) * self.samples_per_mesh

@@ -25,7 +25,7 @@ PRIMITIVES = ("box", "sphere", "cylinder", "cone", "torus")
 SHAPES = (*PRIMITIVES, "composite")
 VISIBILITY = ("none", "hpr")
 # BPnPNet's uniform-rotation protocol as the learning benchmarks draw it: depth about 4-8 object
-# radii, 0.002 normalised (1.05 px at f = 525) noise. ``SyntheticDataset(**UNIFORM_PROTOCOL, ...)``.
+# radii, 0.002 normalised (1.05 px at f = 525) noise. ``ObjectProtocol(**UNIFORM_PROTOCOL, ...)``.
 UNIFORM_PROTOCOL = {"max_rotation_deg": 180.0, "noise_px": 1.05, "distance_range": [1.4, 2.8]}
 
 
@@ -137,6 +137,9 @@ class ObjectProtocol:
     reference_view_deg: float | None = None
 
     def __post_init__(self) -> None:
+        # A config gives lists; the protocol is hashable and compares equal either way.
+        for name in ("image_size", "scale_range", "distance_range"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.visibility not in VISIBILITY:
             raise ValueError(f"visibility {self.visibility!r}: expected one of {VISIBILITY}")
         if self.num_points < 4:
@@ -210,28 +213,21 @@ class SyntheticDataset(CorrespondenceDataset):
         shapes: drawn uniformly per item from ``box, sphere, cylinder, cone, torus, composite``. The
             single primitives are symmetric, so their pose is ambiguous without correspondences;
             the default uses compositions only.
-        num_points, visibility, noise_px, image_size, focal, scale_range, distance_range,
-            max_rotation_deg, reference_view_deg: see :class:`ObjectProtocol`.
+        protocol: how a problem is made from an object (:class:`ObjectProtocol`; None:
+            :attr:`default_protocol`, 1000 points, uniform rotations, no noise).
         control: outlier rates and set-size caps (:class:`PointControl`; None: none).
         seed: base seed.
     """
 
     max_attempts = 20
+    default_protocol = ObjectProtocol()
 
     def __init__(
         self,
         num_samples: int = 10000,
         split: str = "train",
         shapes: tuple[str, ...] | list[str] = ("composite",),
-        num_points: int = 1000,
-        visibility: str = "none",
-        noise_px: float = 0.0,
-        image_size: tuple[int, int] = (640, 480),
-        focal: float = 525.0,
-        scale_range: tuple[float, float] = (0.5, 1.5),
-        distance_range: tuple[float, float] = (1.0, 2.5),
-        max_rotation_deg: float = 180.0,
-        reference_view_deg: float | None = None,
+        protocol: ObjectProtocol | None = None,
         control: PointControl | None = None,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
@@ -242,17 +238,7 @@ class SyntheticDataset(CorrespondenceDataset):
             raise ValueError(f"shapes {list(shapes)}: expected a non-empty subset of {SHAPES}")
         self.num_samples = num_samples
         self.shapes = tuple(shapes)
-        self.protocol = ObjectProtocol(
-            num_points,
-            visibility,
-            noise_px,
-            tuple(image_size),
-            focal,
-            tuple(scale_range),
-            tuple(distance_range),
-            max_rotation_deg,
-            reference_view_deg,
-        )
+        self.protocol = self.default_protocol if protocol is None else protocol
 
     def __len__(self) -> int:
         return self.num_samples
