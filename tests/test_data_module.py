@@ -217,7 +217,7 @@ def test_config_point_control_keys_become_the_sources_control():
     assert ds.control == PointControl(m_max=40, outlier_rate_2d=0.5)
     s = ds[0]
     assert len(s.points2d) == 40 and abs(float((s.match < 0).float().mean()) - 0.5) < 0.05
-    with pytest.raises(ValueError, match=r"\['m_max'\] and 'control' both set the point control"):
+    with pytest.raises(ValueError, match=r"\['m_max'\] and 'control' both set the control"):
         build_dataset("synthetic", "train", num_samples=2, m_max=40, control=PointControl())
 
 
@@ -229,7 +229,7 @@ def test_config_protocol_keys_update_the_object_sources_default_protocol(tmp_pat
     )
     assert ds.protocol == ObjectProtocol(num_points=64, noise_px=1.0, image_size=(320, 240))
     assert ModelNet40Dataset.default_protocol == ObjectProtocol(scale_range=(1.0, 1.0))
-    with pytest.raises(ValueError, match=r"\['num_points'\] and 'protocol' both set the object protocol"):
+    with pytest.raises(ValueError, match=r"\['num_points'\] and 'protocol' both set the protocol"):
         build_dataset("synthetic", "train", num_samples=2, num_points=64, protocol=ObjectProtocol())
     with pytest.raises(
         ValueError, match=r"'num_pionts' is not an option of source 'synthetic' \(did you mean 'num_points'"

@@ -63,9 +63,9 @@ def build_dataset(
     cls = CLASSES[source]
     protocol = PROTOCOL_KEYS if cls in OBJECT_SOURCES else ()
     _check_options(cls, options, source, extra=("scenes",) * (source == "colmap") + POINT_CONTROL + protocol)
-    options = _point_control(options)
+    options = _gather(options, POINT_CONTROL, "control", PointControl())
     if protocol:
-        options = _object_protocol(cls, options)
+        options = _gather(options, PROTOCOL_KEYS, "protocol", cls.default_protocol)
     if source == "synthetic":
         return SyntheticDataset(split=split, seed=seed, **options)
     if source == "colmap":
@@ -73,28 +73,16 @@ def build_dataset(
     return cls(root, split=split, seed=seed, **options)
 
 
-def _point_control(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with the flat point-control keys of a config (``m_max``, ``n_max``,
-    ``outlier_rate_2d``, ``outlier_rate_3d``) gathered into the sources' ``control``."""
-    flat = {k: options[k] for k in POINT_CONTROL if k in options}
+def _gather(options: dict[str, Any], keys: tuple[str, ...], name: str, default: Any) -> dict[str, Any]:
+    """``options`` with the flat keys ``keys`` of a config gathered into the option ``name``: the
+    dataclass ``default`` with those fields replaced (the sources' ``control`` and ``protocol``)."""
+    flat = {k: options[k] for k in keys if k in options}
     if not flat:
         return options
-    if options.get("control") is not None:
-        raise ValueError(f"data options {sorted(flat)} and 'control' both set the point control: give one")
-    rest = {k: v for k, v in options.items() if k not in POINT_CONTROL}
-    return {**rest, "control": PointControl(**flat)}
-
-
-def _object_protocol(cls: type, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with the flat object-protocol keys of a config (``num_points``, ``noise_px``, ...)
-    gathered into the source's ``protocol``, on top of its default one."""
-    flat = {k: options[k] for k in PROTOCOL_KEYS if k in options}
-    if not flat:
-        return options
-    if options.get("protocol") is not None:
-        raise ValueError(f"data options {sorted(flat)} and 'protocol' both set the object protocol: give one")
-    rest = {k: v for k, v in options.items() if k not in PROTOCOL_KEYS}
-    return {**rest, "protocol": dataclasses.replace(cls.default_protocol, **flat)}
+    if options.get(name) is not None:
+        raise ValueError(f"data options {sorted(flat)} and {name!r} both set the {name}: give one")
+    rest = {k: v for k, v in options.items() if k not in keys}
+    return {**rest, name: dataclasses.replace(default, **flat)}
 
 
 def _check_options(cls: type, options: dict[str, Any], source: str, extra: tuple[str, ...] = ()) -> None:
