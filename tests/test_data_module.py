@@ -235,3 +235,10 @@ def test_config_protocol_keys_update_the_object_sources_default_protocol(tmp_pat
         ValueError, match=r"'num_pionts' is not an option of source 'synthetic' \(did you mean 'num_points'"
     ):
         build_dataset("synthetic", "train", num_pionts=64)
+
+
+def test_a_bad_source_option_is_named_when_the_module_is_built():
+    with pytest.raises(ValueError, match=r"'num_pionts' is not an option of source 'synthetic'"):
+        BlindPnPDataModule(options={"num_pionts": 64})
+    with pytest.raises(ValueError, match=r"visibility 'xray'"):
+        BlindPnPDataModule(options={"visibility": "xray"})

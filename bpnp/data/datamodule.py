@@ -60,17 +60,29 @@ def build_dataset(
         )
     if source != "synthetic" and root is None:
         raise ValueError(f"data source {source!r} needs a root folder")
+    cls, options = CLASSES[source], source_options(source, options)
+    if source == "synthetic":
+        return SyntheticDataset(split=split, seed=seed, **options)
+    if source == "colmap":
+        return colmap_dataset(root, split=split, seed=seed, **options)
+    return cls(root, split=split, seed=seed, **options)
+
+
+def source_options(source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A config's options of ``source`` as its class's keyword arguments: names checked (the closest
+    named), flat point-control and protocol keys gathered into ``control`` and ``protocol``, whose
+    values are checked as they are built.
+
+    Raises:
+        ValueError: an option the source does not have, or a bad value of one of those keys.
+    """
     cls = CLASSES[source]
     protocol = PROTOCOL_KEYS if cls in OBJECT_SOURCES else ()
     _check_options(cls, options, source, extra=("scenes",) * (source == "colmap") + POINT_CONTROL + protocol)
     options = _gather(options, POINT_CONTROL, "control", PointControl())
     if protocol:
         options = _gather(options, PROTOCOL_KEYS, "protocol", cls.default_protocol)
-    if source == "synthetic":
-        return SyntheticDataset(split=split, seed=seed, **options)
-    if source == "colmap":
-        return colmap_dataset(root, split=split, seed=seed, **options)
-    return cls(root, split=split, seed=seed, **options)
+    return options
 
 
 def _gather(options: dict[str, Any], keys: tuple[str, ...], name: str, default: Any) -> dict[str, Any]:
@@ -210,6 +222,8 @@ class BlindPnPDataModule(pl.LightningDataModule):
         self.options = dict(options or {})
         self.control = {"m_max": m_max, "n_max": n_max, "outlier_rate_2d": outlier_rate_2d,
                         "outlier_rate_3d": outlier_rate_3d}  # fmt: skip
+        if cache_dir is None:  # a bad option or value is named now, not when a loader is first built
+            source_options(source, self._flat_options())
         self.sizes = {"train": train_samples, "val": val_samples, "test": test_samples}
         for split, size in self.sizes.items():
             if size < 0:
@@ -230,13 +244,17 @@ class BlindPnPDataModule(pl.LightningDataModule):
         self._train_sampler: EpochShuffleSampler | None = None
         self._resume: dict[str, int] | None = None
 
+    def _flat_options(self) -> dict[str, Any]:
+        """The source's options as a config gives them, the module's point control over ``options``."""
+        return {**self.options, **{k: v for k, v in self.control.items() if v is not None}}
+
     def dataset(self, split: str) -> Dataset[Sample]:
         """The dataset of ``split``, built on first use."""
         if split not in self.datasets:
             if self.cache_dir is not None:
                 self.datasets[split] = CachedDataset(Path(self.cache_dir) / split)
             else:
-                opts = {**self.options, **{k: v for k, v in self.control.items() if v is not None}}
+                opts = self._flat_options()
                 if self.source == "synthetic":
                     opts.setdefault("num_samples", self.sizes[split])
                 self.datasets[split] = build_dataset(self.source, split, self.root, self.seed, **opts)
