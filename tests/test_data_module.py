@@ -186,13 +186,11 @@ def test_arguments_a_source_does_not_use_are_named():
         BlindPnPDataModule("synthetic", train_samples=-5)
 
 
-def test_the_base_class_checks_splits_and_picks_streams_for_every_source():
+def test_the_base_class_checks_splits_and_picks_streams_for_every_source(tmp_path):
     """One split check and one stream rule: procedural sources draw each split from its own stream,
     file sources (disjoint items per split) from stream 0."""
     from bpnp.data.bpnpnet_archive import BPnPNetArchiveDataset
-    from bpnp.data.colmap import ColmapDataset
     from bpnp.data.modelnet import ModelNet40Dataset
-    from bpnp.data.rgbd import RGBDDataset
 
     with pytest.raises(
         ValueError, match=r"SyntheticDataset: split 'tset': expected one of \('train', 'val', 'test'\)"
@@ -204,10 +202,13 @@ def test_the_base_class_checks_splits_and_picks_streams_for_every_source():
         for s in ("train", "test")
     )
     assert not torch.equal(a.points3d, b.points3d)
-    assert ModelNet40Dataset.split_streams and ModelNet40Dataset.splits == ("train", "val", "test")
-    for cls in (ColmapDataset, RGBDDataset, BPnPNetArchiveDataset):
-        assert not cls.split_streams
-    assert ColmapDataset.splits == RGBDDataset.splits == ("all", "train", "val", "test")
+    bench = load_module(ROOT / "scripts" / "bench_data.py")
+    meshes = bench.make_modelnet(tmp_path / "modelnet", meshes=4)
+    assert [ModelNet40Dataset(meshes, split=s, val_fraction=0.5).stream for s in ("train", "val")] == [0, 1]
+    with pytest.raises(ValueError, match=r"ModelNet40Dataset: split 'all': expected one of"):
+        ModelNet40Dataset(meshes, split="all")
+    archive = bench.make_archive(tmp_path / "archive", samples=8)
+    assert [BPnPNetArchiveDataset(archive, split=s).stream for s in ("train", "val")] == [0, 0]
 
 
 def test_config_point_control_keys_become_the_sources_control():

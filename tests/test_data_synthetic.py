@@ -41,31 +41,19 @@ def test_2d_set_is_shuffled():
 
 
 def test_deterministic_per_seed_and_index_and_split():
-    a = SyntheticDataset(
-        num_samples=10,
-        seed=5,
-        control=PointControl(outlier_rate_2d=0.2),
-        protocol=ObjectProtocol(num_points=100, noise_px=1.0),
-    )
-    b = SyntheticDataset(
-        num_samples=10,
-        seed=5,
-        control=PointControl(outlier_rate_2d=0.2),
-        protocol=ObjectProtocol(num_points=100, noise_px=1.0),
-    )
+    protocol = ObjectProtocol(num_points=100, noise_px=1.0)
+
+    def make(seed: int, **kw) -> SyntheticDataset:
+        return SyntheticDataset(num_samples=10, seed=seed, protocol=protocol, **kw)
+
+    a = make(5, control=PointControl(outlier_rate_2d=0.2))
+    b = make(5, control=PointControl(outlier_rate_2d=0.2))
     for i in (7, 2, 7):  # any access order
         torch.testing.assert_close(a[i].points2d, b[i].points2d)
         torch.testing.assert_close(a[i].points3d, b[i].points3d)
         assert torch.equal(a[i].match, b[i].match)
-    other_seed = SyntheticDataset(
-        num_samples=10,
-        seed=6,
-        control=PointControl(outlier_rate_2d=0.2),
-        protocol=ObjectProtocol(num_points=100, noise_px=1.0),
-    )
-    other_split = SyntheticDataset(
-        num_samples=10, seed=5, split="val", protocol=ObjectProtocol(num_points=100, noise_px=1.0)
-    )
+    other_seed = make(6, control=PointControl(outlier_rate_2d=0.2))
+    other_split = make(5, split="val")
     assert not torch.equal(a[3].points3d, other_seed[3].points3d)
     assert not torch.equal(a[3].points3d, other_split[3].points3d)
     assert not torch.equal(a[3].points3d, a[4].points3d)
